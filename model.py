@@ -1,0 +1,468 @@
+"""A LLaMA-family decoder (Llama 2/3, Qwen2, SmolLM2) that loads Hugging Face checkpoints.
+
+Read it top to bottom: the safetensors format, the config, the layers, loading, generation.
+Module and parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...),
+so a checkpoint's tensors load with no mapping table, and adapters target layers by the names the
+papers use (q_proj, k_proj, v_proj, up_proj, down_proj).
+"""
+import json
+import math
+import mmap
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# safetensors: 8-byte little-endian header length, a JSON header, then the raw tensor bytes.
+# The header maps each name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the
+# data that follows the header); an optional "__metadata__" entry holds string pairs.
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def load_safetensors(path) -> dict:
+    """Read every tensor of a .safetensors file, memory-mapped (no copy until a tensor is written)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
+        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private pages: writable, file untouched
+    n = int.from_bytes(buffer[:8], "little")
+    if n > size - 8:
+        raise ValueError(f"{path}: corrupt safetensors file (header of {n} bytes in a {size}-byte file; truncated?)")
+    try:
+        header = json.loads(bytes(buffer[8:8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    start, end_of_data = 8 + n, size - 8 - n
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(s) for s in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: corrupt or unsupported header entry for tensor '{name}': {info}") from None
+        numel = math.prod(shape)
+        if end - begin != numel * dtype.itemsize or not 0 <= begin <= end <= end_of_data:
+            raise ValueError(f"{path}: tensor '{name}' has data_offsets {[begin, end]} that do not fit its "
+                             f"shape {shape} {info['dtype']} or the file ({end_of_data} data bytes; truncated?)")
+        if numel == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            tensors[name] = torch.frombuffer(buffer, dtype=dtype, count=numel, offset=start + begin).view(shape)
+    return tensors
+
+
+def save_safetensors(tensors: dict, path, metadata: dict | None = None):
+    """Write tensors to a .safetensors file atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    header, offset, arrays = {}, 0, []
+    for name, t in tensors.items():
+        if t.dtype not in DTYPE_NAMES:
+            raise ValueError(f"cannot save tensor '{name}' of dtype {t.dtype} in safetensors")
+        t = t.detach().to("cpu").contiguous()
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        arrays.append(t.reshape(-1).view(torch.uint8))
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # pad so the data starts 8-byte aligned
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for a in arrays:
+                f.write(memoryview(a.numpy()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -----------------------------------------------------------------------------
+# Config: one dataclass, filled from the checkpoint's own config.json.
+
+@dataclass
+class Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads (no grouped-query attention)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "linear" | "llama3", ...}; None is plain RoPE
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    o_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list | None = 2
+    model_type: str = "llama"
+
+    def __post_init__(self):
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"config: num_attention_heads ({self.num_attention_heads}) is not a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Config":
+        """Read a Hugging Face config.json dict; anything this file does not implement is an error."""
+        model_type = d.get("model_type")
+        if model_type not in ("llama", "qwen2"):
+            raise ValueError(f"config: model_type {model_type!r} is not supported (supported: 'llama', 'qwen2')")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if not isinstance(d.get(key), int):
+                raise ValueError(f"config: required field '{key}' is missing or not an integer (got {d.get(key)!r})")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"config: hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
+        if d.get("use_sliding_window"):
+            raise ValueError("config: use_sliding_window is true; sliding-window attention is not implemented")
+        other_layers = set(d.get("layer_types") or []) - {"full_attention"}
+        if other_layers:
+            raise ValueError(f"config: layer_types has {sorted(other_layers)}; only 'full_attention' is implemented")
+        if d.get("pretraining_tp", 1) not in (1, None):
+            raise ValueError(f"config: pretraining_tp={d['pretraining_tp']} is not supported (only 1)")
+
+        # RoPE: older configs write `rope_theta` + `rope_scaling`; transformers >= 5 writes one `rope_parameters` dict.
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"config: partial_rotary_factor={rope['partial_rotary_factor']} is not supported")
+        required = {"default": [], "linear": ["factor"],
+                    "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
+        if rope_type not in required:
+            raise ValueError(f"config: rope type {rope_type!r} is not supported (supported: {', '.join(required)})")
+        missing = [k for k in required[rope_type] if k not in rope]
+        if missing:
+            raise ValueError(f"config: rope type {rope_type!r} needs field(s) {missing}")
+        rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope}
+
+        attention_bias = bool(d.get("attention_bias", False))
+        return cls(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads"), head_dim=d.get("head_dim"),
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta), rope_scaling=rope_scaling,
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=model_type == "qwen2" or attention_bias,  # Qwen2 always has q/k/v biases
+            o_bias=model_type == "llama" and attention_bias,
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"), model_type=model_type,
+        )
+
+    def to_hf(self) -> dict:
+        """The config.json that transformers reads back as the same model."""
+        d = {"architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
+             "model_type": self.model_type, "hidden_act": "silu"}
+        for f in fields(self):
+            if f.name not in ("qkv_bias", "o_bias", "model_type", "rope_scaling"):
+                d[f.name] = getattr(self, f.name)
+        d["rope_scaling"] = self.rope_scaling
+        if self.model_type == "llama":
+            d["attention_bias"] = self.qkv_bias
+            d["mlp_bias"] = self.mlp_bias
+        return d
+
+
+def rope_inv_freq(config: Config) -> torch.Tensor:
+    """The rotary frequencies theta^(-2i/d), with Llama 3's or linear scaling applied (float32)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling or {"rope_type": "default"}
+    if scaling["rope_type"] == "linear":  # positions divided by `factor`, i.e. frequencies divided by it
+        inv_freq = inv_freq / scaling["factor"]
+    elif scaling["rope_type"] == "llama3":
+        # Llama 3.1: long wavelengths are slowed down by `factor`, short ones kept, the band between
+        # interpolated smoothly (wavelengths measured against the original context length).
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # Hugging Face's layout: the head dimension is split in two halves (not interleaved pairs).
+    return x * cos + rotate_half(x) * sin
+
+
+# -----------------------------------------------------------------------------
+# The layers.
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # computed in float32 whatever the weights' dtype, cast back before the scale (as transformers does)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, preallocated for `max_len` positions."""
+
+    def __init__(self, config: Config, batch_size, max_len, dtype, device):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled; advanced by Transformer.hidden after all layers have written
+
+    def update(self, layer, k, v):
+        """Store this call's keys/values of one layer; return all keys/values so far."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=config.o_bias)
+
+    def forward(self, x, cos, sin, mask, cache):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, T_past + T, hd)
+        # grouped-query attention: each group of n_head / n_kv_head query heads shares one key/value head
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh * hd)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        d, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
+        ))
+        # With tied embeddings the output projection IS the embedding matrix: no lm_head.weight exists.
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def hidden(self, idx, attention_mask=None, cache: KVCache | None = None):
+        """The final normalised hidden states (B, T, d) of tokens idx (B, T).
+
+        attention_mask (B, T_past + T), 1 for real tokens and 0 for padding, lets a left-padded batch give
+        each row exactly what it would get alone: positions count real tokens only, and nothing attends
+        to padding. Without it every token is real. With a cache, idx continues the cached positions.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
+            mask = None if past == 0 or T == 1 else self._causal_mask(torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
+        else:
+            real = attention_mask.bool()
+            if real.shape != (B, past + T):
+                raise ValueError(f"attention_mask has shape {tuple(real.shape)}, expected {(B, past + T)}")
+            pos = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            mask = self._causal_mask(real, T)
+        freqs = pos[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        x = self.model.embed_tokens(idx)
+        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]  # (B, 1, T, hd)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.model.norm(x)
+
+    @staticmethod
+    def _causal_mask(real, T):
+        """(B, 1, T, T_total) boolean: query t sees real keys up to its own position."""
+        total = real.size(1)
+        q_pos = torch.arange(total - T, total, device=real.device)[:, None]
+        k_pos = torch.arange(total, device=real.device)[None, :]
+        mask = (k_pos <= q_pos) & real[:, None, :]  # (B, T, T_total)
+        mask |= k_pos == q_pos  # a padding query sees itself, so its (unused) row is not all -inf (NaN)
+        return mask[:, None]
+
+    def logits(self, h):
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight)
+
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None):
+        """Logits (B, T, vocab) for tokens idx (B, T); see `hidden` for the mask and the cache."""
+        return self.logits(self.hidden(idx, attention_mask, cache))
+
+    # -------------------------------------------------------------------------
+    # Loading a Hugging Face checkpoint folder.
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu") -> "Transformer":
+        """Load config.json and model.safetensors (or a sharded index); strict about every tensor."""
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model folder?)")
+        try:
+            config = Config.from_hf(json.loads(config_file.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_file}: invalid JSON ({e})") from None
+        except ValueError as e:
+            raise ValueError(f"{config_file}: {e}") from None
+        with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+            model = cls(config)
+        tensors = load_checkpoint_tensors(path)
+        expected = model.state_dict()
+        ignored = [k for k in tensors if k.endswith("rotary_emb.inv_freq") or (k == "lm_head.weight" and config.tie_word_embeddings)]
+        for k in ignored:  # computed buffers that old checkpoints saved, and a duplicate of tied embeddings
+            del tensors[k]
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing:
+            raise ValueError(f"{path}: checkpoint is missing {len(missing)} tensor(s): {', '.join(missing[:5])}"
+                             + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            raise ValueError(f"{path}: checkpoint has {len(unexpected)} unexpected tensor(s): {', '.join(unexpected[:5])}"
+                             + (" ..." if len(unexpected) > 5 else ""))
+        for k, t in tensors.items():
+            if t.shape != expected[k].shape:
+                raise ValueError(f"{path}: tensor '{k}' has shape {tuple(t.shape)}, the config implies {tuple(expected[k].shape)}")
+            if not t.is_floating_point():
+                raise ValueError(f"{path}: tensor '{k}' has dtype {t.dtype}, expected floating point")
+            tensors[k] = t.to(device=device, dtype=dtype)
+        model.load_state_dict(tensors, strict=True, assign=True)
+        model.inv_freq = rope_inv_freq(config).to(device)
+        return model.eval()
+
+    # -------------------------------------------------------------------------
+    # Generation with a KV cache: the prompt once, then one position per new token.
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, attention_mask=None,
+                 generator=None):
+        """idx (B, T) with up to max_new_tokens new tokens appended; greedy when temperature is 0.
+
+        Left-padded prompts with their attention_mask give each row the tokens it would get alone.
+        eos_id (an id or a collection of ids) ends a row; finished rows are filled with their end
+        token, and generation stops once every row has ended.
+        """
+        B, T = idx.shape
+        eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id or []), device=idx.device)
+        cache = KVCache(self.config, B, T + max_new_tokens, self.model.embed_tokens.weight.dtype, idx.device)
+        mask = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        fill = torch.full((B,), eos[0].item() if len(eos) else 0, device=idx.device)
+        out, step_input = [idx], idx
+        for _ in range(max_new_tokens):
+            logits = self(step_input, mask if attention_mask is not None else None, cache)[:, -1, :].float()
+            if temperature == 0.0:
+                next_id = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+            next_id = torch.where(finished, fill, next_id)
+            out.append(next_id[:, None])
+            finished |= torch.isin(next_id, eos)
+            if finished.all():
+                break
+            step_input = next_id[:, None]
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=idx.device)], dim=1)
+        return torch.cat(out, dim=1)
+
+
+def load_checkpoint_tensors(path: Path) -> dict:
+    """All tensors of a model folder: model.safetensors, or the shards named by model.safetensors.index.json."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        tensors = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (path / shard).is_file():
+                raise FileNotFoundError(f"{index}: shard {shard} is missing")
+            for k, t in load_safetensors(path / shard).items():
+                if weight_map.get(k) != shard:
+                    raise ValueError(f"{path / shard}: tensor '{k}' is not listed for this shard in {index.name}")
+                tensors[k] = t
+        return tensors
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    return load_safetensors(single)
