@@ -1,0 +1,160 @@
+"""PERA: polynomial expansion rank adaptation. LoRA plus Hadamard products of its own factors.
+
+This file imports only torch and math, so it can be copied alone into another project:
+    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze everything else
+    ...train...
+    merge(model)                    # fold the updates in; plain nn.Linear layers again
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+TERMS = ("all", "square", "cross")
+
+
+def multisets(r, size, first=0):
+    """Every non-decreasing index tuple of length `size` over first..r-1, in lexicographic order.
+
+    For size 2 this is torch.triu_indices(r, r) order: (0, 0), (0, 1), ..., (0, r-1), (1, 1), ...
+    """
+    if size == 0:
+        return [()]
+    return [(i,) + rest for i in range(first, r) for rest in multisets(r, size - 1, i)]
+
+
+class PERALinear(nn.Module):
+    """ΔW = s · ( B A + Σ_{i ≤ j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T ) = s · B̂ Â,  s = alpha / r  (PERA paper Eq. 9).
+
+    b_i is column i of B (out, r) and a_i is row i of A (r, in). On top of LoRA's r rank-one terms, each
+    pair i ≤ j adds one whose factors are Hadamard products of LoRA's own factors, weighted by an entry
+    of one trainable vector h (one vector per layer, pairs in torch.triu_indices order). Concatenation
+    writes the sum as one product,
+        B̂ = [B, b_i ⊙ b_j]  (out, r + P)        Â = [A; h_ij (a_i ⊙ a_j)]  (r + P, in),
+    so PERA is a LoRA of rank r + P whose factors are recomputed from A, B, h. The forward builds B̂ and Â
+    once per call (cost ∝ (in + out) · P, independent of the number of tokens), then stays on the
+    activation side like LoRA: it never forms the (out, in) ΔW. Hence rank(ΔW) ≤ r + P.
+
+    terms: "all" keeps every pair (Eq. 9, P = r(r+1)/2, so r + P = 152 at r = 16), "square" only i = j
+    (Eq. 10, P = r), "cross" only i < j (Eq. 11, P = r(r-1)/2). The authors' ablations froze the other
+    half of h at zero; leaving those terms out is the same function with fewer parameters.
+
+    degree k > 2, which the paper leaves open: every multiset of 2..k indices i ≤ j ≤ l ≤ ... adds
+    h · (b_i ⊙ b_j ⊙ b_l ...)(a_i ⊙ a_j ⊙ a_l ...)^T. h lists the pairs first (triu order), then the
+    triples in lexicographic order, and so on. "square" keeps the pure powers (all indices equal, e.g.
+    b_i ⊙ b_i ⊙ b_i), "cross" every multiset with two or more distinct indices.
+
+    Init follows the authors' code, not the paper's text: A Kaiming-uniform, B = 0, h = 0. So a fresh
+    adapter changes nothing, and with h = 0 PERA is LoRA. alpha defaults to r, so s = 1, the value the
+    authors' code uses (it applies no scaling). Dropout acts on the adapter's input only. A, B, h are
+    float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base; the forward casts
+    B̂ and Â to the activation's dtype.
+    """
+
+    def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"PERALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if terms not in TERMS:
+            raise ValueError(f"terms must be one of {TERMS}, got {terms!r}")
+        if not isinstance(degree, int) or degree < 2:
+            raise ValueError(f"degree must be an integer >= 2 (degree 1 is LoRA: use lora.py), got {degree!r}")
+        if terms == "cross" and rank == 1:
+            raise ValueError("terms='cross' with rank 1 keeps no terms: cross terms need two distinct indices")
+        self.base = base.requires_grad_(False)
+        self.r = rank
+        self.alpha = rank if alpha is None else alpha
+        self.scaling = self.alpha / rank
+        self.terms = terms
+        self.degree = degree
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+        kept = []
+        for size in range(2, degree + 1):
+            for m in multisets(rank, size):
+                if terms == "all" or (terms == "square") == (len(set(m)) == 1):
+                    kept.append(m + (rank,) * (degree - size))  # index r pads to `degree`; it selects a row of ones
+        w = base.weight
+        # idx (degree, P): column p holds the indices of term p; for degree 2 and "all" it is triu_indices(r, r).
+        # A buffer so that .to(device) moves it; not persistent, since it follows from r, terms and degree.
+        self.register_buffer("idx", torch.tensor(kept, device=w.device).T.contiguous(), persistent=False)
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
+        self.h = nn.Parameter(torch.zeros(len(kept), device=w.device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def expanded_factors(self):
+        """B̂ (out, r + P) and Â (r + P, in), with ΔW = s · B̂ Â."""
+        A, B = self.A, self.B
+        if self.degree > 2:  # terms of fewer than `degree` indices are padded with index r: ones, a no-op factor
+            A = torch.cat([A, A.new_ones(1, A.shape[1])])  # (r + 1, in)
+            B = torch.cat([B, B.new_ones(B.shape[0], 1)], dim=1)  # (out, r + 1)
+        A_terms, B_terms = A[self.idx[0]], B[:, self.idx[0]]  # (P, in), (out, P)
+        for k in self.idx[1:]:
+            A_terms = A_terms * A[k]  # a_i ⊙ a_j (⊙ a_l ...)
+            B_terms = B_terms * B[:, k]  # b_i ⊙ b_j (⊙ b_l ...)
+        A_hat = torch.cat([self.A, self.h[:, None] * A_terms])  # (r + P, in); h weighs the A side only
+        B_hat = torch.cat([self.B, B_terms], dim=1)  # (out, r + P)
+        return B_hat, A_hat
+
+    def forward(self, x):
+        B_hat, A_hat = self.expanded_factors()
+        B_hat, A_hat = B_hat.to(x.dtype), A_hat.to(x.dtype)
+        # s multiplies the (..., r + P) activation, the narrowest tensor on the path.
+        return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A_hat), B_hat)
+
+    def delta_weight(self):
+        """ΔW = s · B̂ Â, shaped like base.weight, in float32 (float64 for a float64 adapter) even under autocast."""
+        dtype = torch.promote_types(self.A.dtype, torch.float32)
+        with torch.autocast(self.A.device.type, enabled=False):
+            B_hat, A_hat = self.expanded_factors()
+            return self.scaling * (B_hat.to(dtype) @ A_hat.to(dtype))
+
+    @torch.no_grad()
+    def merge(self):
+        """A new frozen nn.Linear with weight W0 + ΔW (summed in float32, then rounded once to W0's dtype).
+
+        The adapter itself is left as it was; there is no unmerge, keep the adapter if you need it again.
+        """
+        base = self.base
+        merged = torch.nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None,
+                                          device=base.weight.device, dtype=base.weight.dtype)
+        merged.weight.copy_(base.weight + self.delta_weight())
+        if base.bias is not None:
+            merged.bias.copy_(base.bias)
+        return merged.requires_grad_(False)
+
+    def extra_repr(self):
+        return f"r={self.r}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, P={len(self.h)}"
+
+
+def inject(model, rank, targets=TARGETS, **kw):
+    """Wrap every nn.Linear named `target` or `*.target` in PERALinear, freeze all else; return the wrapped names."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
+    adapters = [PERALinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
+    model.requires_grad_(False)
+    for name, adapter in zip(names, adapters):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, adapter)
+    return names
+
+
+def merge(model):
+    """Replace every PERALinear in `model` by its merged nn.Linear, in place; return the model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PERALinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.merge())
+    return model

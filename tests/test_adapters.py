@@ -1,0 +1,499 @@
+"""The identities the LoRA, HiRA and PERA papers state, checked numerically on lora.py, hira.py, pera.py.
+
+Each test would fail if the code computed something else: ΔW against the paper's sums written out term
+by term, the efficient forward and its gradients against x @ ΔW^T, merged layers against adapted ones,
+ranks against the papers' bounds, and the injection into model.py's Transformer.
+"""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import hira
+import lora
+import pera
+from model import Config, Transformer
+
+METHODS = {"lora": lora, "hira": hira, "pera": pera}
+ADAPTER = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear}
+# (method, extra arguments): every variant the properties below must hold for
+CASES = [("lora", {}), ("lora", {"alpha": 8}), ("hira", {}), ("pera", {}), ("pera", {"alpha": 2}),
+         ("pera", {"terms": "square"}), ("pera", {"terms": "cross"}), ("pera", {"degree": 3}),
+         ("pera", {"degree": 3, "terms": "cross"})]
+CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in kw.items()) for m, kw in CASES]
+
+
+def make_base(in_features=24, out_features=20, bias=True, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    base = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    if bias:  # nn.Linear's bias is small; make it matter
+        nn.init.normal_(base.bias)
+    return base
+
+
+def make(method, base, rank=4, **kw):
+    return ADAPTER[method](base, rank, **kw)
+
+
+def randomize(adapter, seed=1, std=0.5):
+    """Random A, B (and h), so that every term of ΔW is nonzero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            if p.requires_grad:
+                p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return adapter
+
+
+def rel_err(actual, expected):
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def keep(term, terms):
+    """Whether an index tuple is kept: "square" keeps pure powers (all indices equal), "cross" the rest."""
+    return terms == "all" or (terms == "square") == (len(set(term)) == 1)
+
+
+def paper_delta(adapter, A=None, B=None, h=None):
+    """ΔW as the papers write it, one rank-one term at a time (float64 in the tests that need it).
+
+    LoRA: s B A (Eq. 8). HiRA: W0 ⊙ (B A) (HiRA Eq. 6). PERA: s (B A + Σ_{i≤j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T)
+    (Eq. 9; Eq. 10 keeps i = j, Eq. 11 i < j), then for degree 3 the triples i ≤ j ≤ l, h in that order.
+    """
+    A = adapter.A if A is None else A
+    B = adapter.B if B is None else B
+    if isinstance(adapter, hira.HiRALinear):
+        return adapter.base.weight * (B @ A)
+    dW = B @ A
+    if isinstance(adapter, pera.PERALinear):
+        h = adapter.h if h is None else h
+        r, k = A.shape[0], 0
+        for i in range(r):
+            for j in range(i, r):
+                if keep((i, j), adapter.terms):
+                    dW = dW + h[k] * torch.outer(B[:, i] * B[:, j], A[i] * A[j])
+                    k += 1
+        if adapter.degree == 3:
+            for i in range(r):
+                for j in range(i, r):
+                    for l in range(j, r):
+                        if keep((i, j, l), adapter.terms):
+                            dW = dW + h[k] * torch.outer(B[:, i] * B[:, j] * B[:, l], A[i] * A[j] * A[l])
+                            k += 1
+        assert adapter.degree <= 3 and k == len(h), "the reference covers degrees 2 and 3"
+    return adapter.alpha / adapter.r * dW
+
+
+def snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# A fresh adapter is the base layer; only A, B (h) train; the base never moves.
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_fresh_adapter_leaves_output_unchanged(method, kw, bias):
+    base = make_base(bias=bias)
+    adapter = make(method, base, **kw)
+    x = torch.randn(2, 5, 24)
+    assert torch.equal(adapter(x), base(x))
+    assert torch.equal(adapter.delta_weight(), torch.zeros_like(base.weight))
+
+
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_only_adapter_parameters_train_and_base_is_untouched(method, kw):
+    adapter = make(method, make_base(), **kw)
+    trainable = {name for name, p in adapter.named_parameters() if p.requires_grad}
+    assert trainable == ({"A", "B", "h"} if method == "pera" else {"A", "B"})
+    before = snapshot(adapter)
+    opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    x, target = torch.randn(16, 24), torch.randn(16, 20)
+    for _ in range(3):  # B moves at step 1, A and h (whose gradients carry a factor B) from step 2
+        opt.zero_grad()
+        F.mse_loss(adapter(x), target).backward()
+        opt.step()
+    after = adapter.state_dict()
+    for name in ("base.weight", "base.bias"):
+        assert torch.equal(after[name], before[name])
+    for name in trainable:
+        assert not torch.equal(after[name], before[name]), f"{name} did not train"
+
+
+@pytest.mark.parametrize("method,kw,extra", [
+    ("lora", {}, 0), ("hira", {}, 0),
+    ("pera", {}, 4 * 5 // 2), ("pera", {"terms": "square"}, 4), ("pera", {"terms": "cross"}, 4 * 3 // 2),
+    ("pera", {"degree": 3}, 10 + 20), ("pera", {"degree": 3, "terms": "square"}, 4 + 4),
+    ("pera", {"degree": 3, "terms": "cross"}, 6 + 16),
+])
+def test_trainable_parameter_count(method, kw, extra):
+    adapter = make(method, make_base(24, 20), rank=4, **kw)
+    count = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
+    assert count == 4 * (24 + 20) + extra
+    if method == "pera":
+        assert len(adapter.h) == extra
+
+
+@pytest.mark.parametrize("method", ["lora", "pera"])
+def test_alpha_defaults_to_rank(method):
+    assert make(method, make_base(), rank=4).alpha == 4
+    assert make(method, make_base(), rank=4, alpha=8).alpha == 8
+
+
+def test_pera_pairs_are_triu_indices_and_not_saved():
+    adapter = make("pera", make_base(), rank=5)
+    assert torch.equal(adapter.idx, torch.triu_indices(5, 5))
+    assert torch.equal(make("pera", make_base(), rank=5, terms="cross").idx, torch.triu_indices(5, 5, offset=1))
+    assert torch.equal(make("pera", make_base(), rank=5, terms="square").idx, torch.arange(5).expand(2, 5))
+    assert set(adapter.state_dict()) == {"A", "B", "h", "base.weight", "base.bias"}
+    fresh = make("pera", make_base(), rank=5)
+    fresh.load_state_dict(randomize(adapter).state_dict(), strict=True)
+    x = torch.randn(3, 24)
+    assert torch.equal(fresh(x), adapter(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The special cases the papers name: PERA with h = 0 is LoRA; HiRA with W0 = ones is LoRA.
+
+@pytest.mark.parametrize("alpha", [None, 8])
+def test_pera_with_h_zero_is_lora(alpha):
+    base = make_base(dtype=torch.float64)
+    lo = randomize(make("lora", base, alpha=alpha))
+    pe = make("pera", base, alpha=alpha)
+    with torch.no_grad():
+        pe.A.copy_(lo.A)
+        pe.B.copy_(lo.B)
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    # Equal up to summation order only: BLAS blocks a rank-r and a rank-(r + P) product differently.
+    assert rel_err(pe(x), lo(x)) < 1e-14
+    assert rel_err(pe.delta_weight(), lo.delta_weight()) < 1e-14
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_hira_with_ones_is_lora(bias):
+    base = make_base(bias=bias)
+    with torch.no_grad():
+        base.weight.fill_(1.0)
+    hi = randomize(make("hira", base))
+    lo = make("lora", base)  # s = 1
+    with torch.no_grad():
+        lo.A.copy_(hi.A)
+        lo.B.copy_(hi.B)
+    assert torch.equal(hi.delta_weight(), lo.delta_weight())
+    x = torch.randn(2, 5, 24)
+    assert rel_err(hi(x), lo(x)) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------
+# ΔW is the paper's sum; the efficient forward and its gradients are those of x @ ΔW^T.
+
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_delta_weight_is_the_papers_sum(method, kw):
+    adapter = randomize(make(method, make_base(dtype=torch.float64), **kw))
+    assert adapter.A.dtype == torch.float64
+    with torch.no_grad():
+        assert rel_err(adapter.delta_weight(), paper_delta(adapter)) < 1e-13
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_forward_and_gradients_equal_those_of_x_times_delta_weight(method, kw, train):
+    adapter = randomize(make(method, make_base(6, 5, dtype=torch.float64), rank=3, **kw)).train(train)
+    names = [n for n, p in adapter.named_parameters() if p.requires_grad]
+    params = [adapter.get_parameter(n) for n in names]
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+
+    def dense(x, *p):
+        return adapter.base(x) + x @ paper_delta(adapter, **dict(zip(names, p))).T
+
+    def efficient(x, *p):
+        return torch.func.functional_call(adapter, dict(zip(names, p)), (x,))
+
+    y, y_ref = efficient(x, *params), dense(x, *params)
+    assert rel_err(y, y_ref) < 1e-13
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad((y * g).sum(), [x, *params])
+    grads_ref = torch.autograd.grad((y_ref * g).sum(), [x, *params])
+    for name, a, b in zip(["x", *names], grads, grads_ref):
+        assert rel_err(a, b) < 1e-12, name
+    assert torch.autograd.gradcheck(efficient, (x, *params))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merging: a new plain nn.Linear computing what the adapter computes; the adapter is left alone.
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_merge_equals_adapter_and_leaves_it_untouched(method, kw, bias):
+    adapter = randomize(make(method, make_base(bias=bias), **kw)).eval()
+    x = torch.randn(2, 5, 24)
+    y = adapter(x)
+    before = snapshot(adapter)
+    merged = adapter.merge()
+    assert type(merged) is nn.Linear
+    assert merged.weight.dtype == adapter.base.weight.dtype and merged.weight.device == adapter.base.weight.device
+    assert (merged.bias is None) == (not bias)
+    if bias:
+        assert torch.equal(merged.bias, adapter.base.bias)
+    assert rel_err(merged(x), y) <= 1e-5
+    assert all(torch.equal(v, before[k]) for k, v in adapter.state_dict().items())
+    assert torch.equal(adapter(x), y)
+
+
+def test_hira_fused_forward_is_the_merged_layer():
+    adapter = randomize(make("hira", make_base())).eval()
+    x = torch.randn(2, 5, 24)
+    assert torch.equal(adapter(x), adapter.merge()(x))
+    assert torch.equal(adapter.train()(x), adapter.merge()(x))  # p = 0: fused in training too
+
+
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_bf16_base_float32_adapter_and_merge(method, kw):
+    base = make_base(dtype=torch.bfloat16)
+    adapter = randomize(make(method, base, **kw), std=0.1).eval()
+    assert adapter.A.dtype == torch.float32 and base.weight.dtype == torch.bfloat16
+    merged = adapter.merge()
+    assert merged.weight.dtype == torch.bfloat16
+    # Summed in float32 and rounded once: a bf16 sum would round ΔW first and differ in many entries.
+    assert torch.equal(merged.weight, (base.weight.float() + adapter.delta_weight()).bfloat16())
+    x = torch.randn(2, 5, 24, dtype=torch.bfloat16)
+    exact = F.linear(x.double(), base.weight.double() + adapter.delta_weight().double(), base.bias.double())
+    y = adapter(x)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y.double(), exact) < 2e-2 and rel_err(merged(x).double(), exact) < 2e-2
+
+
+@pytest.mark.parametrize("bf16", ["weights", "autocast"])
+def test_hira_keeps_a_young_update_visible_in_bf16(bf16):
+    """|B A| ~ 1e-4 is below bf16's resolution of W0 (2^-9): fused into one rounded weight it vanishes exactly.
+
+    Kept as its own matmul, the update survives up to the rounding of the bf16 output that every adapter
+    has, so over many tokens it still points where the exact update points.
+    """
+    base = make_base(256, 256, bias=False, dtype=torch.bfloat16 if bf16 == "weights" else torch.float32)
+    adapter = randomize(make("hira", base), std=0.01).eval()  # entries of B A around 1e-4
+    x = torch.randn(4096, 256, dtype=base.weight.dtype)
+    expected = x.double() @ adapter.delta_weight().double().T
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 == "autocast"):
+        update = adapter(x).double() - base(x).double()
+    cosine = (update * expected).sum() / (update.norm() * expected.norm())
+    assert cosine > 0.2  # the fused bf16 form gives an update of exactly zero here
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_autocast_bf16_forward_and_backward(method):
+    adapter = randomize(make(method, make_base()), std=0.1)
+    x = torch.randn(2, 5, 24)
+    y32 = adapter(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = adapter(x)
+    assert y.dtype == torch.bfloat16 and rel_err(y.float(), y32) < 2e-2
+    y.float().sum().backward()
+    assert adapter.A.grad.dtype == torch.float32 and adapter.B.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert adapter.delta_weight().dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rank: LoRA ≤ r; HiRA above r (≤ rank(W0) · r); PERA exactly r + P for random factors.
+
+def rank_of(adapter):
+    with torch.no_grad():
+        return torch.linalg.matrix_rank(adapter.delta_weight()).item()
+
+
+def test_lora_rank_is_r():
+    for r in (1, 4, 8):
+        assert rank_of(randomize(make("lora", make_base(64, 48, dtype=torch.float64), rank=r))) == r
+
+
+def test_hira_rank_exceeds_r_and_is_bounded_by_rank_w0_times_r():
+    full = randomize(make("hira", make_base(64, 64, dtype=torch.float64), rank=4))
+    assert rank_of(full) == 64  # far above r = 4 for a random (full-rank) W0
+    base = make_base(64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(64, 2, dtype=torch.float64) @ torch.randn(2, 64, dtype=torch.float64))
+    assert rank_of(randomize(make("hira", base, rank=3))) == 2 * 3  # the bound rank(W0) · r, attained
+
+
+@pytest.mark.parametrize("r", [4, 8])
+@pytest.mark.parametrize("terms,P", [("all", lambda r: r * (r + 1) // 2), ("square", lambda r: r),
+                                     ("cross", lambda r: r * (r - 1) // 2)])
+def test_pera_rank_is_r_plus_P(r, terms, P):
+    adapter = randomize(make("pera", make_base(64, 72, dtype=torch.float64), rank=r, terms=terms))
+    assert rank_of(adapter) == r + P(r)
+    with torch.no_grad():
+        adapter.h.zero_()
+    assert rank_of(adapter) == r  # h = 0: LoRA
+
+
+def test_pera_degree_3_rank():
+    adapter = randomize(make("pera", make_base(64, 72, dtype=torch.float64), rank=4, degree=3))
+    assert rank_of(adapter) == 4 + 10 + 20
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dropout: the adapter sees dropout(x), the base sees x; eval mode turns it off.
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dropout_acts_on_the_adapter_input_only(method):
+    adapter = randomize(make(method, make_base(), dropout=0.5)).train()
+    x = torch.randn(4, 24)
+    dW = adapter.delta_weight().detach()
+    torch.manual_seed(7)
+    y = adapter(x)
+    torch.manual_seed(7)
+    expected = adapter.base(x) + F.dropout(x, 0.5, training=True) @ dW.T
+    assert rel_err(y, expected) < 1e-5
+    assert rel_err(y, adapter.base(x) + x @ dW.T) > 1e-2  # dropout really was applied
+    with torch.no_grad():
+        adapter.B.zero_()
+    assert torch.equal(adapter(x), adapter.base(x))  # with no update, the output is the base's on undropped x
+
+    adapter = randomize(make(method, make_base(), dropout=0.5)).eval()
+    assert rel_err(adapter(x), adapter.base(x) + x @ adapter.delta_weight().detach().T) < 1e-5
+    assert torch.equal(adapter(x), adapter(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cost: LoRA and PERA never form an (out, in) matrix; HiRA does, and fuses base and update in one matmul.
+
+class OpRecorder(TorchDispatchMode):
+    """Records every aten op run (forward and backward): its input shapes and its output tensors' shapes."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight_storage = weight.untyped_storage().data_ptr()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = lambda v: [t for t in (v if isinstance(v, (tuple, list)) else [v]) if isinstance(t, torch.Tensor)]
+        # Views of the frozen W0 itself (the base matmul uses W0^T) are not new (out, in) matrices.
+        new = [t for t in flat(out) if t.untyped_storage().data_ptr() != self.weight_storage]
+        self.ops.append((func, [tuple(t.shape) for t in flat(args)], [tuple(t.shape) for t in new]))
+        return out
+
+
+def record_training_step(adapter, tokens=7):
+    x = torch.randn(tokens, adapter.base.in_features, requires_grad=True)  # an inner layer: x needs its gradient
+    with OpRecorder(adapter.base.weight) as rec:
+        adapter(x).sum().backward()
+    return rec.ops
+
+
+def builds_out_by_in(ops, out_features=48, in_features=40):
+    return any(s in [(out_features, in_features), (in_features, out_features)] for _, _, outs in ops for s in outs)
+
+
+@pytest.mark.parametrize("method,kw", [c for c in CASES if c[0] != "hira"], ids=[i for i in CASE_IDS if i != "hira"])
+def test_lora_and_pera_never_build_an_out_by_in_matrix(method, kw):
+    ops = record_training_step(randomize(make(method, make_base(40, 48), rank=3, **kw)))
+    assert not builds_out_by_in(ops)
+    assert any((7, 48) in outs for _, _, outs in ops)  # the recorder does see the layer's output
+
+
+def test_hira_builds_out_by_in_and_fuses_the_base_matmul():
+    def token_matmuls(adapter):
+        ops = record_training_step(adapter)
+        return sum(1 for f, ins, _ in ops if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+                   and any(7 in s for s in ins))
+
+    fused = randomize(make("hira", make_base(40, 48), rank=3))
+    assert builds_out_by_in(record_training_step(fused))
+    assert token_matmuls(fused) == 1 + 2  # one forward; input and weight gradients backward
+    two = randomize(make("hira", make_base(40, 48), rank=3, dropout=0.1))
+    assert token_matmuls(two) == 2 + 3  # base and update forward; two input gradients and one weight gradient
+
+
+# ---------------------------------------------------------------------------------------------------
+# Arguments are checked with one clear error.
+
+@pytest.mark.parametrize("build,error,match", [
+    (lambda: lora.LoRALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
+    (lambda: hira.HiRALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
+    (lambda: pera.PERALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
+    (lambda: lora.LoRALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
+    (lambda: pera.PERALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
+    (lambda: lora.LoRALinear(nn.Linear(4, 4), 2, dropout=1.0), ValueError, "dropout"),
+    (lambda: pera.PERALinear(nn.Linear(4, 4), 2, terms="cubic"), ValueError, "terms"),
+    (lambda: pera.PERALinear(nn.Linear(4, 4), 1, terms="cross"), ValueError, "cross"),
+    (lambda: pera.PERALinear(nn.Linear(4, 4), 2, degree=1), ValueError, "degree"),
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), TypeError, "alpha"),  # HiRA has no scaling
+])
+def test_bad_arguments_raise(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Injection into model.py's Transformer, training one step, merging back.
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    config = Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+    return Transformer(config)
+
+
+def tokens(seed=0):
+    return torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inject_wraps_the_targets_in_module_order(method):
+    model = tiny_model()
+    names = METHODS[method].inject(model, 4)
+    parts = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")
+    expected = [f"model.layers.{i}.{part}" for i in range(2) for part in parts]
+    assert names == expected
+    assert all(isinstance(model.get_submodule(n), ADAPTER[method]) for n in names)
+    assert type(model.get_submodule("model.layers.0.self_attn.o_proj")) is nn.Linear
+    assert METHODS[method].inject(tiny_model(), 2, targets="lm_head") == ["lm_head"]  # a full name matches too
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inject_then_training_changes_only_adapter_tensors(method):
+    model = tiny_model()
+    METHODS[method].inject(model, 4, dropout=0.05)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.rsplit(".", 1)[1] in {"A", "B", "h"} for n in trainable)
+    before = snapshot(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    idx = tokens()
+    for _ in range(2):  # B moves at step 1; A and h, whose gradients carry a factor B, at step 2
+        opt.zero_grad()
+        F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()).backward()
+        opt.step()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]) != (name in trainable), name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_merged_model_gives_the_adapted_logits(method):
+    model = tiny_model().eval()
+    names = METHODS[method].inject(model, 4)
+    for i, name in enumerate(names):
+        randomize(model.get_submodule(name), seed=i, std=0.1)
+    idx = tokens()
+    with torch.no_grad():
+        adapted = model(idx)
+        assert METHODS[method].merge(model) is model
+        merged = model(idx)
+    assert all(type(model.get_submodule(n)) is nn.Linear for n in names)
+    assert not any(isinstance(m, ADAPTER[method]) for m in model.modules())
+    assert rel_err(merged, adapted) <= 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inject_errors_leave_the_model_unchanged(method):
+    model = tiny_model()
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    with pytest.raises(ValueError, match="qproj"):
+        METHODS[method].inject(model, 4, targets=("q_proj", "qproj"))
+    with pytest.raises(ValueError, match="rank"):
+        METHODS[method].inject(model, 0)
+    assert [(n, type(m)) for n, m in model.named_modules()] == before
+    assert all(p.requires_grad for p in model.parameters())
