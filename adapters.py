@@ -1,0 +1,133 @@
+"""The three methods behind one name each, and their files on disk in Hugging Face PEFT's layout.
+
+`adapter_model.safetensors` + `adapter_config.json`: for LoRA and HiRA the key names and config fields
+are PEFT's own (`base_model.model.<layer>.lora_A.weight`, `peft_type: "LORA"`; `...hira_A`,
+`peft_type: "HIRA"`), so `PeftModel.from_pretrained` loads them onto the transformers model. PEFT has
+no PERA; its files follow the same style with `peft_type: "PERA"` and `pera_A`, `pera_B`, `pera_h`.
+"""
+import json
+import os
+from pathlib import Path
+
+import hira
+import lora
+import pera
+from model import load_safetensors, save_safetensors
+
+METHODS = {"lora": lora, "hira": hira, "pera": pera}
+CLASSES = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear}
+PEFT_TYPES = {"lora": "LORA", "hira": "HIRA", "pera": "PERA"}
+# our parameter name -> the suffix PEFT gives it after the layer's name
+TENSOR_KEYS = {
+    "lora": {"A": "lora_A.weight", "B": "lora_B.weight"},
+    "hira": {"A": "hira_A", "B": "hira_B"},
+    "pera": {"A": "pera_A", "B": "pera_B", "h": "pera_h"},
+}
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+
+
+def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, terms="all", degree=2) -> dict:
+    """Everything that defines an adapter's shape and function, checked once."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
+    s = {"method": method, "rank": int(rank), "targets": list(targets), "dropout": float(dropout)}
+    if method != "hira":  # HiRA has no alpha / r scaling
+        s["alpha"] = float(alpha if alpha is not None else rank)
+    if method == "pera":
+        s.update(terms=terms, degree=int(degree))
+    return s
+
+
+def inject(model, s: dict) -> list:
+    """Wrap the target linears of `model` with the method's adapter; freeze everything else."""
+    kw = {k: s[k] for k in ("alpha", "dropout", "terms", "degree") if k in s}
+    return METHODS[s["method"]].inject(model, s["rank"], targets=tuple(s["targets"]), **kw)
+
+
+def merge(model, method):
+    return METHODS[method].merge(model)
+
+
+def adapter_layers(model, method) -> dict:
+    return {name: m for name, m in model.named_modules() if isinstance(m, CLASSES[method])}
+
+
+def peft_config(s: dict, base_model: str) -> dict:
+    """adapter_config.json: PEFT's fields for its own types; the same style for PERA."""
+    method = s["method"]
+    config = {"peft_type": PEFT_TYPES[method], "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+              "r": s["rank"], "target_modules": s["targets"], "inference_mode": True, "fan_in_fan_out": False,
+              "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None}
+    if method == "lora":
+        config.update(lora_alpha=s["alpha"], lora_dropout=s["dropout"], bias="none", init_lora_weights=True,
+                      use_dora=False, use_rslora=False, rank_pattern={}, alpha_pattern={})
+    elif method == "hira":
+        config.update(hira_dropout=s["dropout"], init_weights=True, rank_pattern={})
+    else:
+        config.update(pera_alpha=s["alpha"], pera_dropout=s["dropout"], terms=s["terms"], degree=s["degree"])
+    return config
+
+
+def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
+    method = {v: k for k, v in PEFT_TYPES.items()}.get(config.get("peft_type"))
+    if method is None:
+        raise ValueError(f"{path}: peft_type {config.get('peft_type')!r} is not one of {', '.join(PEFT_TYPES.values())}")
+    for key in ("r", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{path}: missing field '{key}'")
+    if method == "lora" and (config.get("use_dora") or config.get("use_rslora") or config.get("bias", "none") != "none"):
+        raise ValueError(f"{path}: DoRA, rsLoRA and bias training are not implemented here")
+    targets = config["target_modules"]
+    targets = [targets] if isinstance(targets, str) else targets
+    return settings(method, config["r"], targets, alpha=config.get(f"{method}_alpha"),
+                    dropout=config.get(f"{method}_dropout", 0.0), terms=config.get("terms", "all"),
+                    degree=config.get("degree", 2))
+
+
+def save_adapter(model, folder, s: dict, base_model: str):
+    """Write adapter_model.safetensors and adapter_config.json into folder, each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, layer in adapter_layers(model, s["method"]).items():
+        for ours, theirs in TENSOR_KEYS[s["method"]].items():
+            tensors[f"base_model.model.{name}.{theirs}"] = getattr(layer, ours).detach().float()
+    save_safetensors(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    write_json(folder / "adapter_config.json", peft_config(s, base_model))
+
+
+def load_adapter(model, folder) -> dict:
+    """Inject the adapter described by folder/adapter_config.json into model and load its tensors (strictly)."""
+    folder = Path(folder)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder}: no adapter_config.json")
+    try:
+        s = settings_from_peft_config(json.loads(config_file.read_text()), config_file)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file}: invalid JSON ({e})") from None
+    tensors = load_safetensors(folder / "adapter_model.safetensors")
+    inject(model, s)
+    expected = {}
+    for name, layer in adapter_layers(model, s["method"]).items():
+        for ours, theirs in TENSOR_KEYS[s["method"]].items():
+            expected[f"base_model.model.{name}.{theirs}"] = getattr(layer, ours)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{folder / 'adapter_model.safetensors'}: does not fit the model: "
+                         f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    for key, param in expected.items():
+        if tensors[key].shape != param.shape:
+            raise ValueError(f"{folder / 'adapter_model.safetensors'}: tensor '{key}' has shape "
+                             f"{tuple(tensors[key].shape)}, the model needs {tuple(param.shape)}")
+        param.data.copy_(tensors[key])
+    return s
+
+
+def write_json(path, obj):
+    """Write JSON atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

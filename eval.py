@@ -1,0 +1,255 @@
+"""Evaluate a model, with or without an adapter, on the commonsense-reasoning test sets.
+
+    python eval.py --adapter runs/pera-r4 --limit 200
+
+generate (the papers' protocol): greedy decoding of up to 32 tokens after the prompt; the prediction is
+the first match of the task's answer pattern, compared with the gold answer; no match counts as wrong.
+loglik: each answer the question offers is scored by its log-likelihood as the response; the best one
+is the prediction (no parsing, so no parse failures).
+Prints the paper's table and writes predictions.jsonl and results.json. --rank-report measures the rank
+and effective rank of every adapted layer's ΔW; --table prints earlier results.json files side by side.
+"""
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import adapters
+import commonsense
+from model import Transformer
+from tokenizer import Tokenizer
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="Hugging Face model folder (default: the adapter's base model, "
+                                                 "else checkpoints/SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model zero-shot)")
+    p.add_argument("--data", default="data/commonsense", help="folder of <task>/test.json files")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every test set present)")
+    p.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--mode", choices=["generate", "loglik"], default="generate")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--merge", action="store_true", help="fold the adapter into the weights before evaluating")
+    p.add_argument("--out", default=None, help="output folder (default: <adapter>/eval-<mode>, or runs/zero-shot/eval-<mode>)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--rank-report", action="store_true", help="report rank and effective rank of each ΔW, then exit")
+    p.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="print these results files as one table, then exit")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.max_new_tokens < 1:
+        p.error("--batch-size, --limit and --max-new-tokens must be positive")
+    if (args.merge or args.rank_report) and not args.adapter:
+        p.error("--merge and --rank-report need --adapter")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return args
+
+
+def load(args):
+    """The model (with its adapter injected, or merged) and its tokenizer; the adapter's settings or None."""
+    settings, base = None, args.model
+    if args.adapter:
+        config_file = Path(args.adapter) / "adapter_config.json"
+        if not config_file.is_file():
+            sys.exit(f"error: {args.adapter}: no adapter_config.json")
+        base = base or json.loads(config_file.read_text()).get("base_model_name_or_path")
+    base = Path(base or "checkpoints/SmolLM2-135M-Instruct")
+    args.model = str(base)  # recorded in results.json
+    if not (base / "tokenizer.json").is_file():
+        sys.exit(f"error: {base}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = Transformer.from_pretrained(base, dtype=dtype, device=device)
+    if args.adapter:
+        settings = adapters.load_adapter(model, args.adapter)
+        if args.merge:
+            adapters.merge(model, settings["method"])
+    return model.eval(), Tokenizer.from_file(base / "tokenizer.json"), settings
+
+
+# -----------------------------------------------------------------------------
+# The two ways of answering.
+
+def by_length(items, key):
+    """Indices sorted by length, longest first: padding shrinks, and a memory problem shows at once."""
+    return sorted(range(len(items)), key=lambda i: -len(key(items[i])))
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, task, records, batch_size, max_new_tokens, bar):
+    """Greedy generation for every record, batched with left padding; the same for any batch size."""
+    prompts = [tokenizer.encode(commonsense.prompt(r), bos=tokenizer.add_bos) for r in records]
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    device = model.model.embed_tokens.weight.device
+    out = [None] * len(records)
+    order = by_length(prompts, lambda p: p)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        T = max(len(prompts[i]) for i in rows)
+        ids = torch.tensor([[pad] * (T - len(prompts[i])) + prompts[i] for i in rows], device=device)
+        mask = torch.tensor([[0] * (T - len(prompts[i])) + [1] * len(prompts[i]) for i in rows], device=device)
+        new = model.generate(ids, max_new_tokens, eos_id=tokenizer.eos_id, attention_mask=mask)[:, T:]
+        for row, i in enumerate(rows):
+            tokens = new[row].tolist()
+            if tokenizer.eos_id in tokens:
+                tokens = tokens[:tokens.index(tokenizer.eos_id)]
+            text = tokenizer.decode(tokens)
+            prediction = commonsense.extract_answer(task, text)
+            out[i] = {"output": text, "prediction": prediction}
+        bar.update(len(rows))
+    return out
+
+
+@torch.no_grad()
+def loglik_answers(model, tokenizer, task, records, batch_size, bar):
+    """Score every offered answer by the summed log-probability of its response tokens."""
+    bos = tokenizer.add_bos
+    seqs, owners = [], []  # one (ids, first scored position) per (record, candidate)
+    for i, r in enumerate(records):
+        p = commonsense.prompt(r)
+        prompt_ids = tokenizer.encode(p, bos=bos)
+        for label in commonsense.candidates(task, r):
+            full = tokenizer.encode(p + commonsense.response_for(r, label), bos=bos)
+            n = next((k for k, (a, b) in enumerate(zip(prompt_ids, full)) if a != b), min(len(prompt_ids), len(full)))
+            seqs.append((full, n))
+            owners.append((i, label))
+    device = model.model.embed_tokens.weight.device
+    scores = [None] * len(seqs)
+    order = by_length(seqs, lambda s: s[0])
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        T = max(len(seqs[i][0]) for i in rows)
+        ids = torch.zeros(len(rows), T, dtype=torch.long)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        for row, i in enumerate(rows):
+            full, n = seqs[i]
+            ids[row, :len(full)] = torch.tensor(full)
+            labels[row, n:len(full)] = torch.tensor(full[n:])
+        ids, labels = ids.to(device), labels.to(device)
+        h = model.hidden(ids)[:, :-1]  # right padding: causal attention keeps it out of every real position
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logp = -F.cross_entropy(model.logits(h[keep]).float(), targets[keep], reduction="none")
+        per_row = torch.zeros(len(rows), device=device).index_add_(0, keep.nonzero()[:, 0], logp)
+        for row, i in enumerate(rows):
+            scores[i] = per_row[row].item()
+        bar.update(len({owners[i][0] for i in rows}))
+    out = [{"scores": {}} for _ in records]
+    for (i, label), score in zip(owners, scores):
+        out[i]["scores"][label] = round(score, 4)
+    for o in out:
+        o["prediction"] = max(o["scores"], key=o["scores"].get)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Tables.
+
+def table(rows) -> str:
+    """The paper's table: one row per result, one column per task, then the average (accuracy in %)."""
+    tasks = [t for t in commonsense.TASKS if any(t in r["tasks"] for r in rows)]
+    head = ["Method", "Params (%)"] + [commonsense.COLUMNS[t] for t in tasks] + ["Avg."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["name"], f"{r['trainable_percent']:.4f}" if r.get("trainable_percent") is not None else "-"]
+        cells += [f"{r['tasks'][t]['accuracy']:.2f}" if t in r["tasks"] else "-" for t in tasks]
+        lines.append("| " + " | ".join(cells + [f"{r['average']:.2f}"]) + " |")
+    return "\n".join(lines)
+
+
+def run_name(settings):
+    if settings is None:
+        return "zero-shot"
+    name = f"{settings['method'].upper() if settings['method'] != 'hira' else 'HiRA'} r={settings['rank']}"
+    if settings["method"] == "pera" and settings["terms"] != "all":
+        name += f" ({settings['terms']} only)"
+    return name
+
+
+@torch.no_grad()
+def rank_report(model, settings):
+    """Rank and effective rank of every adapted layer's ΔW, computed in float64, and each method's bound."""
+    rows = []
+    for name, layer in adapters.adapter_layers(model, settings["method"]).items():
+        dw = copy.deepcopy(layer).double().delta_weight()  # a float64 copy: rank is sensitive to rounding
+        s = torch.linalg.svdvals(dw)
+        rank = int((s > s.max() * max(dw.shape) * torch.finfo(torch.float64).eps).sum()) if s.max() > 0 else 0
+        p = s / s.sum() if s.sum() > 0 else s
+        erank = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())) if s.sum() > 0 else 0.0  # Roy & Vetterli 2007
+        r = settings["rank"]
+        bound = {"lora": r, "hira": min(dw.shape),
+                 "pera": r + (len(layer.h) if hasattr(layer, "h") else 0)}[settings["method"]]
+        rows.append({"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
+                     "bound": min(bound, min(dw.shape))})
+    return rows
+
+
+def print_rank_report(rows, settings):
+    by_target = {}
+    for row in rows:
+        by_target.setdefault(row["layer"].rsplit(".", 1)[-1], []).append(row)
+    print(f"ΔW of {run_name(settings)}: rank and effective rank (exp of the entropy of the normalised singular "
+          f"values), mean over {len(rows) // max(1, len(by_target))} layers")
+    print("| target | shape | rank | effective rank | bound |\n|---|---|---|---|---|")
+    for target, group in by_target.items():
+        mean = lambda k: sum(g[k] for g in group) / len(group)  # noqa: E731
+        print(f"| {target} | {group[0]['shape'][0]}x{group[0]['shape'][1]} | {mean('rank'):.1f} | "
+              f"{mean('effective_rank'):.1f} | {group[0]['bound']} |")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.table:
+        print(table([json.loads(Path(f).read_text()) for f in args.table]))
+        return None
+    model, tokenizer, settings = load(args)
+    if args.rank_report:
+        rows = rank_report(model, settings)
+        print_rank_report(rows, settings)
+        adapters.write_json(Path(args.adapter) / "rank_report.json", rows)
+        return rows
+
+    tasks = commonsense.resolve_tasks(args.data, "test", args.tasks)
+    out = Path(args.out or Path(args.adapter or "runs/zero-shot") / f"eval-{args.mode}")
+    out.mkdir(parents=True, exist_ok=True)
+    data = {t: commonsense.load_records(Path(args.data) / t / "test.json")[:args.limit] for t in tasks}
+    result = {"name": run_name(settings), "model": str(args.model), "adapter": args.adapter, "mode": args.mode,
+              "merged": args.merge, "limit": args.limit, "tasks": {}}
+    if args.adapter and (Path(args.adapter) / "metrics.json").is_file():
+        result["trainable_percent"] = json.loads((Path(args.adapter) / "metrics.json").read_text()).get("trainable_percent")
+    start = time.time()
+    with open(out / "predictions.jsonl.tmp", "w") as f, tqdm(total=sum(map(len, data.values())), desc=args.mode) as bar:
+        for task, records in data.items():
+            bar.set_postfix(task=task)
+            if args.mode == "generate":
+                answers = generate_answers(model, tokenizer, task, records, args.batch_size, args.max_new_tokens, bar)
+            else:
+                answers = loglik_answers(model, tokenizer, task, records, args.batch_size, bar)
+            correct = failures = 0
+            for i, (r, a) in enumerate(zip(records, answers)):
+                gold = commonsense.gold_answer(task, r)
+                ok = a["prediction"] == gold
+                correct, failures = correct + ok, failures + (a["prediction"] is None)
+                f.write(json.dumps({"task": task, "index": i, "answer": gold, "correct": ok, **a}) + "\n")
+            result["tasks"][task] = {"accuracy": 100 * correct / len(records), "correct": correct,
+                                     "n": len(records), "parse_failures": failures}
+    (out / "predictions.jsonl.tmp").replace(out / "predictions.jsonl")
+    result["average"] = sum(t["accuracy"] for t in result["tasks"].values()) / len(result["tasks"])
+    n = sum(t["n"] for t in result["tasks"].values())
+    result["parse_failure_rate"] = 100 * sum(t["parse_failures"] for t in result["tasks"].values()) / n
+    result["seconds"] = round(time.time() - start, 1)
+    adapters.write_json(out / "results.json", result)
+    print(table([result]))
+    print(f"{n} examples in {result['seconds']:.0f} s; parse failures {result['parse_failure_rate']:.1f}% "
+          f"(answers with no match count as wrong); written to {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

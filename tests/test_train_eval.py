@@ -1,0 +1,343 @@
+"""The commonsense protocol, train.py and eval.py, on the real stories260K model and real data records."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import adapters
+import commonsense
+import eval as evaluate
+import train
+from conftest import HERE_FIXTURES, shared
+from model import Transformer, load_safetensors
+from tokenizer import Tokenizer
+
+SPEC_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+               "request.  \n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+@pytest.fixture(scope="module")
+def stories_dir():
+    return shared("fixtures", "models", "stories260K")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(stories_dir):
+    return Tokenizer.from_file(stories_dir / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A small copy of the real sets: 48 training records from each of two tasks, 12 test records of three."""
+    src, dst = shared("data", "commonsense"), tmp_path_factory.mktemp("data")
+    for task, split, n in [("boolq", "train", 48), ("ARC-Easy", "train", 48), ("boolq", "test", 12),
+                           ("ARC-Easy", "test", 12), ("winogrande", "test", 12)]:
+        (dst / task).mkdir(exist_ok=True)
+        records = json.loads((src / task / f"{split}.json").read_text())[:n]
+        (dst / task / f"{split}.json").write_text(json.dumps(records))
+    return dst
+
+
+# -----------------------------------------------------------------------------
+# The protocol
+
+def test_prompt_is_exactly_the_spec_template():
+    record = {"instruction": "Is the sky blue?\n\nAnswer format: true/false", "input": "", "output": "x", "answer": "x"}
+    assert commonsense.prompt(record) == SPEC_PROMPT.format(instruction=record["instruction"])
+
+
+def test_masking_puts_the_loss_on_the_response_and_end_token_only(tokenizer):
+    record = json.loads(shared("data", "commonsense", "boolq", "train.json").read_text())[0]
+    ids, labels = commonsense.encode_example(tokenizer, record, bos=True, target_cutoff=64)  # stories260K's
+    text = commonsense.prompt(record) + record["output"]  # 512-token vocabulary spells the output in ~20 tokens
+    assert ids == tokenizer.encode(text, bos=True) + [tokenizer.eos_id]
+    scored = [i for i, y in zip(ids, labels) if y != -100]
+    assert labels[0] == -100 and scored == labels[len(labels) - len(scored):]  # one block, at the end
+    assert tokenizer.decode(scored[:-1]).strip() == record["output"] and scored[-1] == tokenizer.eos_id
+    assert all(y == -100 for y in labels[:len(ids) - len(scored)])
+    _, everything = commonsense.encode_example(tokenizer, record, bos=True, train_on_inputs=True, target_cutoff=64)
+    assert everything == ids
+
+
+def test_cutoffs_bound_prompt_and_response(tokenizer):
+    record = {"instruction": "word " * 400, "input": "", "output": "the correct answer is " + "true " * 30, "answer": "true"}
+    ids, labels = commonsense.encode_example(tokenizer, record, bos=True, prompt_cutoff=256, target_cutoff=16)
+    n_target = sum(y != -100 for y in labels)
+    assert n_target == 17 and len(ids) == 256 + 17  # 16 response tokens + the end token
+
+
+@pytest.mark.parametrize("task, text, expected", [
+    ("boolq", "the correct answer is false", "false"),
+    ("boolq", "true or false? false", "true"),  # the FIRST match, as LLM-Adapters does
+    ("boolq", "The correct answer is True", None),  # patterns are case-sensitive
+    ("piqa", "the correct answer is solution2", "solution2"),
+    ("social_i_qa", "answer3", "answer3"),
+    ("ARC-Easy", "the correct answer is answer5.", "answer5"),
+    ("ARC-Challenge", "answer4answer1", "answer4"),
+    ("openbookqa", "the correct answer is answer6", None),
+    ("hellaswag", "ending4", "ending4"),
+    ("winogrande", "the correct answer is option1", "option1"),
+    ("winogrande", "I don't know", None),
+])
+def test_answer_extraction(task, text, expected):
+    assert commonsense.extract_answer(task, text) == expected
+
+
+def test_candidates_come_from_the_answer_format_line():
+    arc = json.loads(shared("data", "commonsense", "ARC-Challenge", "test.json").read_text())
+    sizes = {len(commonsense.candidates("ARC-Challenge", r)) for r in arc}
+    assert 4 in sizes and sizes <= {3, 4, 5}
+    assert all(commonsense.gold_answer("ARC-Challenge", r) in commonsense.candidates("ARC-Challenge", r) for r in arc)
+    winogrande = json.loads(shared("data", "commonsense", "winogrande", "test.json").read_text())[0]
+    assert commonsense.candidates("winogrande", winogrande) == ["option1", "option2"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"instruction": "x"}), "expected a JSON list"),
+    (json.dumps([{"instruction": "x", "output": "y", "answer": "z"}, {"instruction": "x", "output": "y"}]),
+     "record 1 has no string field 'answer'"),
+    (json.dumps([["not", "an", "object"]]), "record 0 is not an object"),
+])
+def test_malformed_data_is_an_error_naming_file_and_record(tmp_path, content, message):
+    path = tmp_path / "train.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as e:
+        commonsense.load_records(path)
+    assert str(path) in str(e.value)
+
+
+def test_unknown_or_absent_tasks_are_named(data_dir):
+    with pytest.raises(ValueError, match="unknown task 'sciq'"):
+        commonsense.resolve_tasks(data_dir, "train", "boolq,sciq")
+    with pytest.raises(FileNotFoundError, match="piqa"):
+        commonsense.resolve_tasks(data_dir, "train", "piqa")
+    assert commonsense.resolve_tasks(data_dir, "train") == ["boolq", "ARC-Easy"]
+
+
+# -----------------------------------------------------------------------------
+# train.py
+
+def train_args(stories_dir, data_dir, out, *extra):
+    return ["--model", str(stories_dir), "--data", str(data_dir), "--out", str(out), "--rank", "4",
+            "--batch-size", "8", "--micro-batch-size", "4", "--val-size", "16", "--warmup-steps", "2",
+            "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rank", "four"], "invalid int value"),
+    (["--method", "dora"], "invalid choice"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--batch-size", "10", "--micro-batch-size", "4"], "must be a multiple of --micro-batch-size"),
+    (["--rank", "0"], "--rank must be positive"),
+])
+def test_bad_arguments_are_one_clear_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["lora", "hira", "pera"])
+def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, data_dir, tmp_path, method):
+    out = tmp_path / method
+    metrics = train.main(train_args(stories_dir, data_dir, out, "--method", method, "--max-steps", "12",
+                                    "--lr", "3e-3" if method != "hira" else "2e-2", "--eval-every", "6"))
+    assert metrics["mean_loss_last_10"] < metrics["mean_loss_first_10"]
+    assert {p.name for p in out.iterdir()} >= {"adapter_model.safetensors", "adapter_config.json", "args.json",
+                                                "log.jsonl", "metrics.json", "checkpoint"}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == adapters.PEFT_TYPES[method] and config["r"] == 4
+    assert config["base_model_name_or_path"] == str(stories_dir)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 12
+    # the saved adapter is the best by validation loss, and reloads to give the logits it gave then
+    best_step = metrics["best_step"]
+    assert best_step in (6, 12)
+
+
+def test_saved_adapter_reloads_to_the_same_logits(stories_dir, data_dir, tmp_path):
+    out = tmp_path / "pera"
+    train.main(train_args(stories_dir, data_dir, out, "--method", "pera", "--max-steps", "4", "--lr", "1e-2",
+                          "--eval-every", "4", "--dropout", "0"))
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    trained = Transformer.from_pretrained(stories_dir)
+    s = adapters.settings("pera", 4, dropout=0.0)
+    adapters.inject(trained, s)
+    params = dict(trained.named_parameters())
+    for name, t in state["trainable"].items():
+        params[name].data.copy_(t)
+    assert any(t.abs().sum() > 0 for n, t in state["trainable"].items() if n.endswith(".h"))  # h was trained
+    reloaded = Transformer.from_pretrained(stories_dir)
+    adapters.load_adapter(reloaded, out)
+    ids = torch.tensor(json.loads((stories_dir / "input_ids.json").read_text()))
+    with torch.no_grad():
+        assert torch.equal(trained.eval()(ids), reloaded.eval()(ids))
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(stories_dir, data_dir, tmp_path, monkeypatch):
+    common = ["--method", "pera", "--max-steps", "8", "--lr", "5e-3", "--eval-every", "4", "--save-every", "2",
+              "--dropout", "0.1"]  # dropout: the resumed run must also draw the same random masks
+    train.main(train_args(stories_dir, data_dir, tmp_path / "straight", *common))
+
+    def interrupt(step, record):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "on_step", interrupt)
+    with pytest.raises(SystemExit, match="interrupted after step 5"):
+        train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *common))
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *common))
+    with pytest.raises(SystemExit, match="--rank differ"):
+        train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *common, "--resume", "--rank", "2"))
+    train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *common, "--resume"))
+    straight = load_safetensors(tmp_path / "straight" / "adapter_model.safetensors")
+    resumed = load_safetensors(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    log = lambda run: [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    drop_time = lambda records: [{k: v for k, v in r.items() if k != "time"} for r in records]  # noqa: E731
+    assert drop_time(log("straight")) == drop_time(log("resumed"))
+
+
+def test_micro_batches_do_not_change_the_step(stories_dir, data_dir, tmp_path):
+    """The loss is a mean over the batch's response tokens, so accumulation gives the same update."""
+    common = ["--method", "lora", "--max-steps", "3", "--lr", "1e-2", "--eval-every", "3", "--dropout", "0"]
+    whole = train.main(train_args(stories_dir, data_dir, tmp_path / "a", *common, "--micro-batch-size", "8"))
+    split = train.main(train_args(stories_dir, data_dir, tmp_path / "b", *common, "--micro-batch-size", "2"))
+    a = load_safetensors(tmp_path / "a" / "adapter_model.safetensors")
+    b = load_safetensors(tmp_path / "b" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)  # float noise that Adam's first steps amplify
+    assert abs(whole["last_loss"] - split["last_loss"]) < 1e-4
+    # Adam hides a wrongly scaled gradient; the logged gradient norm (before clipping) does not.
+    norms = [[json.loads(line)["grad_norm"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+             for run in ("a", "b")]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-4)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_what_was_saved(stories_dir, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = train.loss_sum
+    calls = {"n": 0}
+
+    def poisoned(model, ids, labels):
+        calls["n"] += 1
+        loss, n = real(model, ids, labels)
+        return (loss * float("nan"), n) if calls["n"] > 8 else (loss, n)  # steps 1-4 fine (2 micro-batches each)
+
+    monkeypatch.setattr(train, "loss_sum", poisoned)
+    with pytest.raises(SystemExit, match="loss is nan at step"):
+        train.main(train_args(stories_dir, data_dir, out, "--max-steps", "10", "--eval-every", "2", "--val-size", "0"))
+    saved = load_safetensors(out / "adapter_model.safetensors")
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 4
+
+
+# -----------------------------------------------------------------------------
+# eval.py
+
+def test_eval_is_batch_size_invariant_and_merge_invariant(stories_dir, data_dir, tmp_path):
+    out = tmp_path / "lora"
+    train.main(train_args(stories_dir, data_dir, out, "--method", "lora", "--max-steps", "3", "--lr", "1e-2",
+                          "--eval-every", "3"))
+    runs = {}
+    for name, extra in [("b1", ["--batch-size", "1"]), ("b5", ["--batch-size", "5"]),
+                        ("b16", ["--batch-size", "16"]), ("merged", ["--batch-size", "5", "--merge"])]:
+        evaluate.main(["--adapter", str(out), "--data", str(data_dir), "--limit", "10", "--max-new-tokens", "12",
+                       "--device", "cpu", "--out", str(tmp_path / name), *extra])
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+    assert len(runs["b1"]) == 30
+    outputs = lambda name: [(p["task"], p["index"], p["output"]) for p in runs[name]]  # noqa: E731
+    assert outputs("b1") == outputs("b5") == outputs("b16") == outputs("merged")
+    results = json.loads((tmp_path / "b5" / "results.json").read_text())
+    assert set(results["tasks"]) == {"boolq", "winogrande", "ARC-Easy"}
+    for task, r in results["tasks"].items():
+        preds = [p for p in runs["b5"] if p["task"] == task]
+        assert r["correct"] == sum(p["correct"] for p in preds) and r["n"] == 10
+        assert r["parse_failures"] == sum(p["prediction"] is None for p in preds)
+
+
+def test_eval_generations_are_the_models_greedy_continuations(stories_dir, data_dir, tmp_path):
+    """Zero-shot: each output is what model.generate gives for that prompt alone, decoded up to the end token."""
+    evaluate.main(["--model", str(stories_dir), "--data", str(data_dir), "--tasks", "boolq", "--limit", "3",
+                   "--max-new-tokens", "10", "--batch-size", "3", "--device", "cpu", "--out", str(tmp_path)])
+    model, tokenizer = Transformer.from_pretrained(stories_dir), Tokenizer.from_file(stories_dir / "tokenizer.json")
+    records = json.loads((data_dir / "boolq" / "test.json").read_text())[:3]
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    for r, p in zip(records, predictions):
+        ids = tokenizer.encode(commonsense.prompt(r), bos=tokenizer.add_bos)
+        new = model.generate(torch.tensor([ids]), 10, eos_id=tokenizer.eos_id)[0, len(ids):].tolist()
+        new = new[:new.index(tokenizer.eos_id)] if tokenizer.eos_id in new else new
+        assert p["output"] == tokenizer.decode(new)
+
+
+def test_loglik_scores_are_the_response_log_probabilities(stories_dir, data_dir, tmp_path):
+    evaluate.main(["--model", str(stories_dir), "--data", str(data_dir), "--tasks", "winogrande", "--limit", "4",
+                   "--mode", "loglik", "--batch-size", "3", "--device", "cpu", "--out", str(tmp_path)])
+    model, tokenizer = Transformer.from_pretrained(stories_dir), Tokenizer.from_file(stories_dir / "tokenizer.json")
+    record = json.loads((data_dir / "winogrande" / "test.json").read_text())[0]
+    first = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
+    for label, score in first["scores"].items():
+        p = commonsense.prompt(record)
+        prompt_ids = tokenizer.encode(p, bos=True)
+        full = tokenizer.encode(p + commonsense.response_for(record, label), bos=True)
+        n = len(prompt_ids) if full[:len(prompt_ids)] == prompt_ids else len(prompt_ids) - 1
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([full]))[0], -1)
+        expected = sum(logp[t - 1, full[t]].item() for t in range(n, len(full)))
+        assert abs(score - expected) < 1e-3
+    assert first["prediction"] == max(first["scores"], key=first["scores"].get)
+
+
+def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path):
+    out = tmp_path / "pera"
+    train.main(train_args(stories_dir, data_dir, out, "--method", "pera", "--rank", "2", "--max-steps", "3",
+                          "--lr", "5e-2", "--eval-every", "3"))
+    rows = evaluate.main(["--adapter", str(out), "--rank-report", "--device", "cpu"])
+    assert rows and all(r["rank"] <= r["bound"] == min(2 + 3, *r["shape"]) for r in rows)
+    assert max(r["rank"] for r in rows) == 5  # r + r(r+1)/2 once h has moved off zero
+    assert json.loads((out / "rank_report.json").read_text()) == rows
+
+
+# -----------------------------------------------------------------------------
+# PEFT compatibility, against files and logits that PEFT itself produced (tests/fixtures/peft)
+
+@pytest.mark.parametrize("method", ["lora", "hira"])
+def test_peft_saved_adapters_load_and_give_peft_logits(method):
+    base = shared("fixtures", "models", "tiny-llama")
+    model = Transformer.from_pretrained(base)
+    s = adapters.load_adapter(model, HERE_FIXTURES / "peft" / method)
+    assert s["method"] == method and s["rank"] == 4
+    ids = torch.tensor(json.loads((base / "input_ids.json").read_text()))
+    reference = load_safetensors(HERE_FIXTURES / "peft" / method / "reference.safetensors")["logits"]
+    with torch.no_grad():
+        assert (model(ids) - reference).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["lora", "hira"])
+def test_our_adapter_files_have_peft_keys_shapes_and_fields(tmp_path, method):
+    base = shared("fixtures", "models", "tiny-llama")
+    peft_dir = HERE_FIXTURES / "peft" / method
+    theirs_config = json.loads((peft_dir / "adapter_config.json").read_text())
+    model = Transformer.from_pretrained(base)
+    s = adapters.settings(method, 4, alpha=theirs_config.get("lora_alpha"))
+    adapters.inject(model, s)
+    adapters.save_adapter(model, tmp_path, s, base_model=str(base))
+    ours, theirs = load_safetensors(tmp_path / "adapter_model.safetensors"), load_safetensors(peft_dir / "adapter_model.safetensors")
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    ours_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    for key in ("peft_type", "task_type", "r", "lora_alpha", "hira_dropout", "fan_in_fan_out", "bias", "use_dora"):
+        assert ours_config.get(key) == theirs_config.get(key), key
+    assert sorted(ours_config["target_modules"]) == sorted(theirs_config["target_modules"])
+
+
+def test_adapter_that_does_not_fit_the_model_is_named(tmp_path):
+    shutil.copytree(HERE_FIXTURES / "peft" / "lora", tmp_path / "lora")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    model = Transformer.from_pretrained(shared("fixtures", "models", "tiny-llama"))
+    with pytest.raises(ValueError, match=r"lora_A.weight' has shape \(4, 64\), the model needs \(8, 64\)"):
+        adapters.load_adapter(model, tmp_path / "lora")
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
+    with pytest.raises(ValueError, match="peft_type 'LOHA' is not one of"):
+        adapters.load_adapter(Transformer.from_pretrained(shared("fixtures", "models", "tiny-llama")), tmp_path / "lora")

@@ -1,0 +1,336 @@
+"""Fine-tune a LLaMA-family model with LoRA, HiRA or PERA on the commonsense-reasoning mix.
+
+    python train.py --method pera --rank 4
+
+The recipe is the papers' (SPEC.md, "Commonsense reasoning protocol"): the LLM-Adapters prompt with the
+loss on the response, 120 held-out validation examples, AdamW with warm-up then linear decay, batch 16,
+targets q, k, v, up, down. Writes to --out: the best adapter by validation loss in PEFT's layout
+(adapter_model.safetensors + adapter_config.json), args.json, log.jsonl (one line per step),
+metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly.
+"""
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import adapters
+import commonsense
+from model import Transformer
+from tokenizer import Tokenizer
+
+DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3}  # the papers' values; HiRA needs ~10x LoRA's
+DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0}  # the HiRA authors' code applies no dropout
+# Arguments that define a run: --resume refuses to continue a run with different ones.
+RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "targets", "lr",
+                "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
+                "cutoff", "weight_decay", "grad_clip")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="checkpoints/SmolLM2-135M-Instruct", help="Hugging Face model folder")
+    p.add_argument("--data", default="data/commonsense", help="folder of <task>/train.json files")
+    p.add_argument("--tasks", default=None, help="comma-separated training tasks (default: every train set present)")
+    p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
+    p.add_argument("--rank", type=int, default=16, help="r")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA scaling is alpha / r (default alpha = r)")
+    p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05; 0 for HiRA)")
+    p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
+    p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
+    p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, 1e-3 HiRA)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward pass (gradient accumulation)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=200, help="validation loss every N steps (and at the end)")
+    p.add_argument("--save-every", type=int, default=None, help="resumable state every N steps (default: --eval-every)")
+    p.add_argument("--val-size", type=int, default=120, help="examples held out of the training mix")
+    p.add_argument("--cutoff", type=int, default=commonsense.PROMPT_CUTOFF, help="prompt tokens kept")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--train-on-inputs", action="store_true", help="loss on the prompt too (LLM-Adapters' default)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default=None, help="output folder (default: runs/<method>-r<rank>)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    args = p.parse_args(argv)
+
+    args.dropout = DEFAULT_DROPOUT[args.method] if args.dropout is None else args.dropout
+    args.lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
+    args.micro_batch_size = args.micro_batch_size or args.batch_size
+    args.save_every = args.save_every or args.eval_every
+    args.out = args.out or f"runs/{args.method}-r{args.rank}"
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    problems = [f"--{name} must be positive" for name in ("rank", "batch_size", "micro_batch_size", "eval_every")
+                if getattr(args, name) < 1]
+    if args.batch_size % args.micro_batch_size:
+        problems.append(f"--batch-size ({args.batch_size}) must be a multiple of --micro-batch-size ({args.micro_batch_size})")
+    if args.max_steps is not None and args.max_steps < 1:
+        problems.append("--max-steps must be positive")
+    if not 0 <= args.dropout < 1:
+        problems.append("--dropout must be in [0, 1)")
+    if args.lr <= 0 or args.epochs <= 0 or args.val_size < 0 or args.warmup_steps < 0:
+        problems.append("--lr and --epochs must be positive, --val-size and --warmup-steps not negative")
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Data: tokenized examples, grouped by length into batches.
+
+def load_examples(args, tokenizer, bos):
+    tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
+    records = [r for t in tasks for r in commonsense.load_records(Path(args.data) / t / "train.json")]
+    random.Random(args.seed).shuffle(records)
+    if len(records) <= args.val_size:
+        raise ValueError(f"only {len(records)} training records for {args.val_size} validation examples")
+    encoded = [commonsense.encode_example(tokenizer, r, bos, args.train_on_inputs, prompt_cutoff=args.cutoff)
+               for r in tqdm(records, desc="tokenizing", leave=False)]
+    return tasks, encoded[args.val_size:], encoded[:args.val_size]
+
+
+def epoch_batches(lengths, batch_size, seed, epoch):
+    """The batches (lists of example indices) of one epoch, a pure function of (seed, epoch).
+
+    Examples are shuffled, then sorted by length inside windows of 32 batches, so a batch holds
+    similar lengths and little of a step is spent on padding; the batches are shuffled again.
+    """
+    rng = random.Random(seed * 100003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = 32 * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, pad_id, device):
+    """Right-padded ids and labels (B, T). Padding sits after every real token, so the causal mask alone
+    keeps it out of every real position's attention and no attention mask is needed."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), -100, dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, :len(x)], labels[row, :len(y)] = torch.tensor(x), torch.tensor(y)
+    return ids.to(device), labels.to(device)
+
+
+def loss_sum(model, ids, labels):
+    """Summed next-token cross-entropy over labelled positions, and their count.
+
+    Only labelled positions go through the output layer: with the loss on the response, that is a few
+    tokens per example instead of (B, T, vocab) logits.
+    """
+    h = model.hidden(ids)[:, :-1]  # (B, T-1, d): position t predicts token t+1
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.logits(h[keep]).float()  # (N, vocab)
+    return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+
+
+@torch.no_grad()
+def validation_loss(model, examples, micro_batch_size, pad_id, device, autocast):
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), micro_batch_size):
+        with autocast():
+            s, n = loss_sum(model, *collate(examples[i:i + micro_batch_size], pad_id, device))
+        total, count = total + s.item(), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def lr_at(step, args, total_steps):
+    """Linear warm-up from 0 to lr over warmup_steps, then linear decay to 0 at the last step."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    return args.lr * max(0.0, (total_steps - step) / max(1, total_steps - args.warmup_steps))
+
+
+# -----------------------------------------------------------------------------
+# Resumable state: everything the next step depends on, written atomically.
+
+def save_state(path, step, model, optimizer, rng, best, history):
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state = {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng,
+             "best": best, "history": history}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def on_step(step, record):
+    """Called after every optimizer step with its log record (a seam for tests and extensions)."""
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    state_file = out / "checkpoint" / "state.pt"
+    if args.resume:
+        if not state_file.is_file():
+            sys.exit(f"error: --resume: no saved run in {out} ({state_file} not found)")
+        saved = json.loads((out / "args.json").read_text())
+        changed = [k for k in RUN_DEFINING if saved.get(k) != getattr(args, k)]
+        if changed:
+            sys.exit(f"error: --resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
+                     f"saved run in {out}; resume with the same arguments")
+    elif state_file.is_file() or (out / "adapter_model.safetensors").is_file():
+        sys.exit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out")
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    model_dir = Path(args.model)
+    if not (model_dir / "tokenizer.json").is_file():
+        sys.exit(f"error: {model_dir}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
+    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+    # On a GPU the frozen base is bf16 and runs under bf16 autocast; adapter weights stay float32.
+    model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if on_cuda else torch.float32, device=device)
+    s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
+                          args.degree)
+    adapters.inject(model, s)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    print(f"{args.method} r={args.rank}: trainable params {n_trainable:,} of {n_total:,} "
+          f"({100 * n_trainable / n_total:.4f}%)")
+
+    bos = tokenizer.add_bos
+    tasks, train_set, val_set = load_examples(args, tokenizer, bos)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
+    print(f"tasks {', '.join(tasks)}: {len(train_set):,} training / {len(val_set)} validation examples; "
+          f"{total_steps:,} steps of {args.batch_size} ({total_steps / steps_per_epoch:.2f} epochs)")
+
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else (lambda: torch.autocast("cpu", enabled=False))
+    step, best, history = 0, {"val_loss": math.inf, "step": None}, []
+    if args.resume:
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        params = dict(model.named_parameters())
+        for n, t in state["trainable"].items():
+            params[n].data.copy_(t)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, best, history = state["step"], state["best"], state["history"]
+        (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))  # drop steps after the state
+        print(f"resuming {out} at step {step}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        adapters.write_json(out / "args.json", vars(args))
+        (out / "log.jsonl").write_text("")
+
+    lengths = [len(ids) for ids, _ in train_set]
+    bar = tqdm(total=total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True)
+    start_time, tokens_seen, start_step = time.time(), 0, step
+    rng_at_step, updating = rng_state(), False
+    try:
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            batch = [train_set[i] for i in epoch_batches(lengths, args.batch_size, args.seed, epoch)[index]]
+            lr = lr_at(step, args, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            n_labels = sum(sum(y != -100 for y in labels[1:]) for _, labels in batch)
+            total_loss = 0.0
+            for i in range(0, len(batch), args.micro_batch_size):
+                ids, labels = collate(batch[i:i + args.micro_batch_size], pad_id, device)
+                with autocast():
+                    loss, _ = loss_sum(model, ids, labels)
+                (loss / n_labels).backward()  # the batch's mean over tokens, whatever the micro-batch size
+                total_loss += loss.item()
+            tokens_seen += sum(len(x) for x, _ in batch)  # real tokens, not padding
+            train_loss = total_loss / n_labels
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"loss is {train_loss} at step {step + 1}")
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip or math.inf).item()
+            updating = True  # an interrupt between here and `step += 1` leaves no consistent state to save
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            rng_at_step = rng_state()  # saved with the state, so a resumed run draws the same dropout masks
+            updating = False
+            record = {"step": step, "loss": round(train_loss, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
+                      "time": round(time.time() - start_time, 2)}
+            if (step % args.eval_every == 0 or step == total_steps) and not val_set:
+                best = {"val_loss": math.nan, "step": step}  # no validation set: keep the latest adapter
+                adapters.save_adapter(model, out, s, base_model=str(model_dir))
+            elif step % args.eval_every == 0 or step == total_steps:
+                record["val_loss"] = round(validation_loss(model, val_set, args.micro_batch_size, pad_id, device, autocast), 5)
+                if record["val_loss"] < best["val_loss"]:
+                    best = {"val_loss": record["val_loss"], "step": step}
+                    adapters.save_adapter(model, out, s, base_model=str(model_dir))
+                tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}"
+                           + (" (best)" if best["step"] == step else ""))
+            history.append(record)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            elapsed = time.time() - start_time
+            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+            bar.update(1)
+            on_step(step, record)
+            if step % args.save_every == 0 or step == total_steps:
+                save_state(state_file, step, model, optimizer, rng_at_step, best, history)
+    except KeyboardInterrupt:
+        bar.close()
+        if updating:
+            sys.exit(f"\ninterrupted during the update of step {step + 1}; the state saved last in {state_file} "
+                     f"is kept. Continue with the same arguments plus --resume.")
+        save_state(state_file, step, model, optimizer, rng_at_step, best, history)
+        sys.exit(f"\ninterrupted after step {step}; state saved in {state_file}. Continue with the same "
+                 f"arguments plus --resume.")
+    except FloatingPointError as e:
+        bar.close()
+        sys.exit(f"error: {e}: stopping without saving this step (the last good state and best adapter are kept). "
+                 f"Try a lower --lr or a smaller --rank.")
+    bar.close()
+
+    elapsed = time.time() - start_time
+    losses = [r["loss"] for r in history]
+    metrics = {"method": args.method, "rank": args.rank, "tasks": tasks, "steps": step,
+               "trainable_params": n_trainable, "total_params": n_total,
+               "trainable_percent": 100 * n_trainable / n_total,
+               "first_loss": losses[0], "last_loss": losses[-1],
+               "mean_loss_first_10": sum(losses[:10]) / len(losses[:10]),
+               "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+               "best_val_loss": best["val_loss"], "best_step": best["step"],
+               "seconds_this_session": round(elapsed, 1),
+               "seconds_per_step": round(elapsed / max(1, step - start_step), 3),
+               "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1), "device": str(device)}
+    adapters.write_json(out / "metrics.json", metrics)
+    print(f"done: {step} steps, loss {metrics['mean_loss_first_10']:.4f} -> {metrics['mean_loss_last_10']:.4f} "
+          f"(mean of first/last 10), best val loss {best['val_loss']:.4f} at step {best['step']}; adapter in {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
