@@ -16,9 +16,10 @@ without adapters.
 import argparse
 import json
 import multiprocessing
-import resource
+import re
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -185,7 +186,10 @@ def _peak_probe(arg_dict, spec):
     ids, labels = batch(args, model)
     for _ in range(2):
         training_step(model, variant, ids, labels, lambda: torch.autocast("cpu", enabled=False))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM, the peak resident size of this process's own memory. (getrusage's ru_maxrss would not do:
+    # Linux carries it across exec, so a spawned child reports its parent's peak if that is higher.)
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
 def main(argv=None):

@@ -273,6 +273,8 @@ def main(argv=None):
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"loss is {train_loss} at step {step + 1}")
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip or math.inf).item()
+            if not math.isfinite(grad_norm):
+                raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
             updating = True  # an interrupt between here and `step += 1` leaves no consistent state to save
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -281,15 +283,15 @@ def main(argv=None):
             updating = False
             record = {"step": step, "loss": round(train_loss, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
                       "time": round(time.time() - start_time, 2)}
-            if (step % args.eval_every == 0 or step == total_steps) and not val_set:
-                best = {"val_loss": math.nan, "step": step}  # no validation set: keep the latest adapter
-                adapters.save_adapter(model, out, s, base_model=str(model_dir))
-            elif step % args.eval_every == 0 or step == total_steps:
-                record["val_loss"] = round(validation_loss(model, val_set, args.micro_batch_size, pad_id, device, autocast), 5)
-                if record["val_loss"] < best["val_loss"]:
-                    best = {"val_loss": record["val_loss"], "step": step}
+            if step % args.eval_every == 0 or step == total_steps:
+                if val_set:
+                    record["val_loss"] = round(validation_loss(model, val_set, args.micro_batch_size, pad_id, device,
+                                                               autocast), 5)
+                # the adapter kept is the best by validation loss (the latest, with no validation set)
+                if not val_set or record["val_loss"] < best["val_loss"]:
+                    best = {"val_loss": record.get("val_loss", math.nan), "step": step}
                     adapters.save_adapter(model, out, s, base_model=str(model_dir))
-                tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}"
+                tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {record.get('val_loss', math.nan):.4f}"
                            + (" (best)" if best["step"] == step else ""))
             history.append(record)
             with open(out / "log.jsonl", "a") as f:
@@ -310,8 +312,8 @@ def main(argv=None):
                  f"arguments plus --resume.")
     except FloatingPointError as e:
         bar.close()
-        sys.exit(f"error: {e}: stopping without saving this step (the last good state and best adapter are kept). "
-                 f"Try a lower --lr or a smaller --rank.")
+        sys.exit(f"error: {e}: stopping without saving this step (the last good state and the best adapter so "
+                 f"far are kept). Try a lower --lr or a smaller --rank.")
     bar.close()
 
     elapsed = time.time() - start_time

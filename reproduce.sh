@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The small-scale reproduction in README.md's RESULTS section: zero-shot, LoRA, HiRA, PERA, and PERA's
+# square-only and cross-only ablations, all at rank 4 on SmolLM2-135M-Instruct with one budget.
+#
+#   bash reproduce.sh            # after `python prepare.py` (and --data-from where GitHub is unreachable)
+#
+# Every method gets the same steps, batch, targets and seed. Each method's learning rate is tuned once,
+# on the validation loss of a short run (SWEEP_STEPS) over three values that start at the SPEC's own
+# (1e-4 LoRA/PERA, 1e-3 HiRA); the ablations use PERA's. Nothing is tuned on test data.
+# About 4 hours on 2 CPU cores; set STEPS, SWEEP_STEPS, LIMIT to change the budget.
+set -euo pipefail
+cd "$(dirname "$0")"
+MODEL=${MODEL:-checkpoints/SmolLM2-135M-Instruct}
+DATA=${DATA:-data/commonsense}
+OUT=${OUT:-runs/reproduce}
+STEPS=${STEPS:-200}
+SWEEP_STEPS=${SWEEP_STEPS:-40}
+LIMIT=${LIMIT:-200}
+RANK=4
+COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42)
+
+declare -A LRS=([lora]="1e-4 1e-3 3e-3" [pera]="1e-4 1e-3 3e-3" [hira]="1e-3 1e-2 3e-2")
+declare -A BEST
+for method in lora pera hira; do
+    for lr in ${LRS[$method]}; do
+        run="$OUT/sweep/$method-lr$lr"
+        [ -f "$run/metrics.json" ] || python train.py "${COMMON[@]}" --method $method --lr $lr \
+            --max-steps $SWEEP_STEPS --warmup-steps $((SWEEP_STEPS / 10)) --eval-every $SWEEP_STEPS --out "$run"
+    done
+    BEST[$method]=$(python -c "
+import json, sys
+runs = {lr: json.load(open(f'$OUT/sweep/$method-lr{lr}/metrics.json'))['best_val_loss'] for lr in sys.argv[1:]}
+print(min(runs, key=runs.get))" ${LRS[$method]})
+    echo "$method: learning rate ${BEST[$method]} (lowest validation loss after $SWEEP_STEPS steps)"
+done
+
+train() {  # name method extra-arguments...
+    local name=$1 method=$2
+    shift 2
+    [ -f "$OUT/$name/metrics.json" ] || python train.py "${COMMON[@]}" --method $method --lr ${BEST[$method]} \
+        --max-steps $STEPS --warmup-steps $((STEPS / 10)) --eval-every $((STEPS / 4)) --out "$OUT/$name" "$@"
+}
+train lora lora
+train hira hira
+train pera pera
+train pera-square pera --terms square
+train pera-cross pera --terms cross
+
+[ -f "$OUT/zero-shot/eval-generate/results.json" ] || \
+    python eval.py --model "$MODEL" --data "$DATA" --limit $LIMIT --out "$OUT/zero-shot/eval-generate"
+for name in lora hira pera pera-square pera-cross; do
+    [ -f "$OUT/$name/eval-generate/results.json" ] || python eval.py --adapter "$OUT/$name" --data "$DATA" --limit $LIMIT
+    python eval.py --adapter "$OUT/$name" --rank-report > "$OUT/$name/rank_report.md"
+done
+python eval.py --table "$OUT"/{zero-shot,lora,hira,pera,pera-square,pera-cross}/eval-generate/results.json
