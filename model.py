@@ -415,18 +415,19 @@ class Transformer(nn.Module):
         """idx (B, T) with up to max_new_tokens new tokens appended; greedy when temperature is 0.
 
         Left-padded prompts with their attention_mask give each row the tokens it would get alone.
-        eos_id (an id or a collection of ids) ends a row; finished rows are filled with their end
+        eos_id (an id or a collection of ids) ends a row; finished rows are filled with the (first) end
         token, and generation stops once every row has ended.
         """
         B, T = idx.shape
         eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id or []), device=idx.device)
         cache = KVCache(self.config, B, T + max_new_tokens, self.model.embed_tokens.weight.dtype, idx.device)
-        mask = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
+        mask = attention_mask.bool() if attention_mask is not None else None
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         fill = torch.full((B,), eos[0].item() if len(eos) else 0, device=idx.device)
         out, step_input = [idx], idx
         for _ in range(max_new_tokens):
-            logits = self(step_input, mask if attention_mask is not None else None, cache)[:, -1, :].float()
+            h = self.hidden(step_input, mask, cache)[:, -1]  # only the last position needs logits
+            logits = self.logits(h).float()  # (B, vocab)
             if temperature == 0.0:
                 next_id = logits.argmax(-1)
             else:
@@ -441,7 +442,8 @@ class Transformer(nn.Module):
             if finished.all():
                 break
             step_input = next_id[:, None]
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=idx.device)], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=idx.device)], dim=1)
         return torch.cat(out, dim=1)
 
 
