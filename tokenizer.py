@@ -223,18 +223,21 @@ def _lowercase(text: str) -> str:
     return "".join(c.lower() for c in text) if "\u03a3" in text else text.lower()
 
 
+def _chain(steps):
+    """One function that applies `steps` in order (a Sequence normalizer or decoder)."""
+    def apply(value):
+        for step in steps:
+            value = step(value)
+        return value
+    return apply
+
+
 def build_normalizer(spec, where="normalizer"):
     """A str -> str function for a normalizer spec."""
     kind = _field(spec, "type", where)
     if kind == "Sequence":
         specs = _field(spec, "normalizers", where, list)
-        steps = [build_normalizer(s, f"{where}.normalizers[{i}]") for i, s in enumerate(specs)]
-
-        def sequence(text):
-            for step in steps:
-                text = step(text)
-            return text
-        return sequence
+        return _chain([build_normalizer(s, f"{where}.normalizers[{i}]") for i, s in enumerate(specs)])
     if kind in ("NFC", "NFD", "NFKC", "NFKD"):
         return lambda text: unicodedata.normalize(kind, text)
     if kind == "Lowercase":
@@ -363,13 +366,7 @@ def build_decoder(spec, where="decoder"):
     kind = _field(spec, "type", where)
     if kind == "Sequence":
         specs = _field(spec, "decoders", where, list)
-        steps = [build_decoder(s, f"{where}.decoders[{i}]") for i, s in enumerate(specs)]
-
-        def sequence(tokens):
-            for step in steps:
-                tokens = step(tokens)
-            return tokens
-        return sequence
+        return _chain([build_decoder(s, f"{where}.decoders[{i}]") for i, s in enumerate(specs)])
     if kind == "ByteLevel":
         return _byte_level_decode
     if kind == "ByteFallback":
