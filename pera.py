@@ -96,10 +96,11 @@ class PERALinear(nn.Module):
         if self.degree > 2:  # terms of fewer than `degree` indices are padded with index r: ones, a no-op factor
             A = torch.cat([A, A.new_ones(1, A.shape[1])])  # (r + 1, in)
             B = torch.cat([B, B.new_ones(B.shape[0], 1)], dim=1)  # (out, r + 1)
-        A_terms, B_terms = A[self.idx[0]], B[:, self.idx[0]]  # (P, in), (out, P)
+        # index_select rather than A[idx]: same values, and its backward (an index_add) is twice as fast
+        A_terms, B_terms = A.index_select(0, self.idx[0]), B.index_select(1, self.idx[0])  # (P, in), (out, P)
         for k in self.idx[1:]:
-            A_terms = A_terms * A[k]  # a_i ⊙ a_j (⊙ a_l ...)
-            B_terms = B_terms * B[:, k]  # b_i ⊙ b_j (⊙ b_l ...)
+            A_terms = A_terms * A.index_select(0, k)  # a_i ⊙ a_j (⊙ a_l ...)
+            B_terms = B_terms * B.index_select(1, k)  # b_i ⊙ b_j (⊙ b_l ...)
         A_hat = torch.cat([self.A, self.h[:, None] * A_terms])  # (r + P, in); h weighs the A side only
         B_hat = torch.cat([self.B, B_terms], dim=1)  # (out, r + P)
         return B_hat, A_hat
