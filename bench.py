@@ -58,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--loss-tokens", type=int, default=16, help="positions per row with a loss (0: all)")
     p.add_argument("--rounds", type=int, default=10, help="measured rounds (each variant once per round)")
+    p.add_argument("--infer-rounds", type=int, default=20, help="measured inference rounds (cheaper than steps)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
@@ -188,8 +189,10 @@ def _peak_probe(arg_dict, spec):
         training_step(model, variant, ids, labels, lambda: torch.autocast("cpu", enabled=False))
     # VmHWM, the peak resident size of this process's own memory. (getrusage's ru_maxrss would not do:
     # Linux carries it across exec, so a spawned child reports its parent's peak if that is higher.)
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    status = Path("/proc/self/status")
+    if not status.is_file():  # not Linux: no figure rather than a wrong one
+        return None
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) / 1024
 
 
 def main(argv=None):
@@ -219,13 +222,14 @@ def main(argv=None):
                     v.peak_mb.append(torch.cuda.max_memory_allocated() / 2 ** 20)
     if not on_cuda and not args.no_memory:
         for spec, v in zip(specs, variants):
-            v.peak_mb.append(cpu_peak_mb(args, spec))
+            peak = cpu_peak_mb(args, spec)
+            v.peak_mb += [peak] if peak is not None else []
 
     # Inference with every adapter merged: plain linears again, so it should cost what the base costs.
     merged = {v.label + str(v.rank): {n: layer.merge() for n, layer in v.layers.items()} if v.method != "none"
               else v.layers for v in variants}
     with torch.no_grad(), autocast():
-        for k in range(args.warmup + args.rounds):
+        for k in range(args.warmup + args.infer_rounds):
             for v in variants:
                 install(model, merged[v.label + str(v.rank)])
                 t = timed(lambda: model.logits(model.hidden(ids)[:, -1]), device)  # a generation prefill
@@ -265,7 +269,8 @@ def report(variants, args, n_params):
               f"{r['step_ms']:.1f} | {r['tokens_per_s']:.0f} | {fmt(r['step_vs_lora'], '.3f')} | "
               f"{fmt(r['peak_mb'], '.0f')} | {fmt(r['peak_vs_lora'], '.3f')} | {r['merged_infer_ms']:.1f} | "
               f"{fmt(r['infer_vs_none'], '.3f')} |")
-    print(f"medians of {args.rounds} interleaved rounds after {args.warmup} warm-up rounds")
+    print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
+          f"{args.warmup} warm-up rounds")
     return rows
 
 
