@@ -174,19 +174,24 @@ def run_name(settings):
 
 @torch.no_grad()
 def rank_report(model, settings):
-    """Rank and effective rank of every adapted layer's ΔW, computed in float64, and each method's bound."""
+    """Per adapted layer: rank and effective rank of ΔW (in float64), the method's bound on the rank, and
+    for PERA the size of its polynomial terms next to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖."""
     rows = []
     for name, layer in adapters.adapter_layers(model, settings["method"]).items():
-        dw = copy.deepcopy(layer).double().delta_weight()  # a float64 copy: rank is sensitive to rounding
+        layer = copy.deepcopy(layer).double()  # a float64 copy: rank is sensitive to rounding
+        dw = layer.delta_weight()
         s = torch.linalg.svdvals(dw)
         rank = int((s > s.max() * max(dw.shape) * torch.finfo(torch.float64).eps).sum()) if s.max() > 0 else 0
-        p = s / s.sum() if s.sum() > 0 else s
-        erank = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())) if s.sum() > 0 else 0.0  # Roy & Vetterli 2007
+        p = s[s > 0] / s.sum()
+        erank = float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0  # Roy & Vetterli 2007
         r = settings["rank"]
-        bound = {"lora": r, "hira": min(dw.shape),
-                 "pera": r + (len(layer.h) if hasattr(layer, "h") else 0)}[settings["method"]]
-        rows.append({"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
-                     "bound": min(bound, min(dw.shape))})
+        bound = {"lora": r, "hira": min(dw.shape), "pera": r + len(getattr(layer, "h", []))}[settings["method"]]
+        row = {"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
+               "bound": min(bound, min(dw.shape))}
+        if settings["method"] == "pera":
+            lora_part = layer.scaling * layer.B @ layer.A
+            row["polynomial_share"] = float((dw - lora_part).norm() / lora_part.norm()) if lora_part.any() else 0.0
+        rows.append(row)
     return rows
 
 
@@ -194,13 +199,17 @@ def print_rank_report(rows, settings):
     by_target = {}
     for row in rows:
         by_target.setdefault(row["layer"].rsplit(".", 1)[-1], []).append(row)
-    print(f"ΔW of {run_name(settings)}: rank and effective rank (exp of the entropy of the normalised singular "
-          f"values), mean over {len(rows) // max(1, len(by_target))} layers")
-    print("| target | shape | rank | effective rank | bound |\n|---|---|---|---|---|")
+    pera = settings["method"] == "pera"
+    print(f"ΔW of {run_name(settings)}, mean over {len(rows) // max(1, len(by_target))} layers: rank, effective rank "
+          f"(exp of the entropy of the normalised singular values), the bound on the rank"
+          + (", and ‖ΔW − sBA‖ / ‖sBA‖ (how much the polynomial terms add to LoRA's part)" if pera else ""))
+    print("| target | shape | rank | effective rank | bound |" + (" polynomial share |" if pera else ""))
+    print("|---|---|---|---|---|" + ("---|" if pera else ""))
     for target, group in by_target.items():
         mean = lambda k: sum(g[k] for g in group) / len(group)  # noqa: E731
         print(f"| {target} | {group[0]['shape'][0]}x{group[0]['shape'][1]} | {mean('rank'):.1f} | "
-              f"{mean('effective_rank'):.1f} | {group[0]['bound']} |")
+              f"{mean('effective_rank'):.1f} | {group[0]['bound']} |"
+              + (f" {mean('polynomial_share'):.2e} |" if pera else ""))
 
 
 def main(argv=None):

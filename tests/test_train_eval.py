@@ -297,6 +297,14 @@ def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path
     assert rows and all(r["rank"] <= r["bound"] == min(2 + 3, *r["shape"]) for r in rows)
     assert max(r["rank"] for r in rows) == 5  # r + r(r+1)/2 once h has moved off zero
     assert json.loads((out / "rank_report.json").read_text()) == rows
+    # the polynomial share, recomputed from the saved tensors term by term (Eq. 9 minus LoRA's part)
+    tensors = load_safetensors(out / "adapter_model.safetensors")
+    row = rows[0]
+    A, B, h = (tensors[f"base_model.model.{row['layer']}.pera_{k}"].double() for k in "ABh")
+    poly = sum(h[k] * torch.outer(B[:, i] * B[:, j], A[i] * A[j])
+               for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 1)]))
+    assert row["polynomial_share"] == pytest.approx((poly.norm() / (B @ A).norm()).item(), rel=1e-9)
+    assert row["polynomial_share"] > 0
 
 
 # -----------------------------------------------------------------------------
