@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 import adapters
 from model import Config, Transformer
@@ -211,7 +212,7 @@ def main(argv=None):
           f"params, batch {args.batch_size}x{args.seq_len}, {device}, {torch.get_num_threads()} threads")
 
     # Training steps, interleaved: round k runs every variant once.
-    for k in range(args.warmup + args.rounds):
+    for k in tqdm(range(args.warmup + args.rounds), desc="training steps (rounds)"):
         for v in variants:
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -221,7 +222,7 @@ def main(argv=None):
                 if on_cuda:
                     v.peak_mb.append(torch.cuda.max_memory_allocated() / 2 ** 20)
     if not on_cuda and not args.no_memory:
-        for spec, v in zip(specs, variants):
+        for spec, v in zip(specs, tqdm(variants, desc="peak memory (fresh processes)")):
             peak = cpu_peak_mb(args, spec)
             v.peak_mb += [peak] if peak is not None else []
 
@@ -229,7 +230,7 @@ def main(argv=None):
     merged = {v.label + str(v.rank): {n: layer.merge() for n, layer in v.layers.items()} if v.method != "none"
               else v.layers for v in variants}
     with torch.no_grad(), autocast():
-        for k in range(args.warmup + args.infer_rounds):
+        for k in tqdm(range(args.warmup + args.infer_rounds), desc="merged inference (rounds)"):
             for v in variants:
                 install(model, merged[v.label + str(v.rank)])
                 t = timed(lambda: model.logits(model.hidden(ids)[:, -1]), device)  # a generation prefill

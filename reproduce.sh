@@ -15,7 +15,7 @@ DATA=${DATA:-data/commonsense}
 OUT=${OUT:-runs/reproduce}
 STEPS=${STEPS:-200}
 SWEEP_STEPS=${SWEEP_STEPS:-40}
-LIMIT=${LIMIT:-200}
+LIMIT=${LIMIT:-100}
 RANK=4
 COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42)
 
@@ -37,7 +37,10 @@ done
 train() {  # name method extra-arguments...
     local name=$1 method=$2
     shift 2
-    [ -f "$OUT/$name/metrics.json" ] || python train.py "${COMMON[@]}" --method $method --lr ${BEST[$method]} \
+    [ -f "$OUT/$name/metrics.json" ] && return
+    # a run that was interrupted continues from its last checkpoint
+    [ -f "$OUT/$name/checkpoint/state.pt" ] && set -- "$@" --resume
+    python train.py "${COMMON[@]}" --method $method --lr ${BEST[$method]} \
         --max-steps $STEPS --warmup-steps $((STEPS / 10)) --eval-every $((STEPS / 4)) --out "$OUT/$name" "$@"
 }
 train lora lora
