@@ -34,25 +34,27 @@ print(min(runs, key=runs.get))" ${LRS[$method]})
     echo "$method: learning rate ${BEST[$method]} (lowest validation loss after $SWEEP_STEPS steps)"
 done
 
-train() {  # name method extra-arguments...
-    local name=$1 method=$2
-    shift 2
-    [ -f "$OUT/$name/metrics.json" ] && return
-    # a run that was interrupted continues from its last checkpoint
-    [ -f "$OUT/$name/checkpoint/state.pt" ] && set -- "$@" --resume
-    python train.py "${COMMON[@]}" --method $method --lr ${BEST[$method]} \
-        --max-steps $STEPS --warmup-steps $((STEPS / 10)) --eval-every $((STEPS / 4)) --out "$OUT/$name" "$@"
-}
-train lora lora
-train hira hira
-train pera pera
-train pera-square pera --terms square
-train pera-cross pera --terms cross
-
+# Each method is trained, then evaluated on the test sets and its ΔW ranks reported, so an interrupted
+# reproduction keeps every finished row; rerunning the script skips what is done and continues the rest.
 [ -f "$OUT/zero-shot/eval-generate/results.json" ] || \
     python eval.py --model "$MODEL" --data "$DATA" --limit $LIMIT --out "$OUT/zero-shot/eval-generate"
-for name in lora hira pera pera-square pera-cross; do
+run() {  # name method extra-arguments...
+    local name=$1 method=$2
+    shift 2
+    if [ ! -f "$OUT/$name/metrics.json" ]; then
+        # a run that was interrupted continues from its last checkpoint
+        [ -f "$OUT/$name/checkpoint/state.pt" ] && set -- "$@" --resume
+        python train.py "${COMMON[@]}" --method $method --lr ${BEST[$method]} \
+            --max-steps $STEPS --warmup-steps $((STEPS / 10)) --eval-every $((STEPS / 4)) --out "$OUT/$name" "$@"
+    fi
     [ -f "$OUT/$name/eval-generate/results.json" ] || python eval.py --adapter "$OUT/$name" --data "$DATA" --limit $LIMIT
-    python eval.py --adapter "$OUT/$name" --rank-report > "$OUT/$name/rank_report.md"
-done
+    [ -f "$OUT/$name/rank_report.md" ] || { python eval.py --adapter "$OUT/$name" --rank-report > "$OUT/$name/rank_report.tmp" \
+        && mv "$OUT/$name/rank_report.tmp" "$OUT/$name/rank_report.md"; }
+}
+run lora lora
+run hira hira
+run pera pera
+run pera-square pera --terms square
+run pera-cross pera --terms cross
+
 python eval.py --table "$OUT"/{zero-shot,lora,hira,pera,pera-square,pera-cross}/eval-generate/results.json
