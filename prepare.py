@@ -987,9 +987,7 @@ def main(argv=None) -> int:
         except (PrepareError, OSError) as e:
             print(f"data: {e}", file=sys.stderr)
             data_ok = False
-    if args.skip_model:
-        return 0 if data_ok else 1
-    return 0 if model_ok else 1
+    return 0 if model_ok and data_ok else 1  # so `prepare.py && train.py` stops here, with the reason above
 
 
 if __name__ == "__main__":

