@@ -166,7 +166,7 @@ def table(rows) -> str:
 def run_name(settings):
     if settings is None:
         return "zero-shot"
-    name = f"{settings['method'].upper() if settings['method'] != 'hira' else 'HiRA'} r={settings['rank']}"
+    name = f"{ {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA'}[settings['method']]} r={settings['rank']}"
     if settings["method"] == "pera" and settings["terms"] != "all":
         name += f" ({settings['terms']} only)"
     return name

@@ -289,6 +289,20 @@ def test_loglik_scores_are_the_response_log_probabilities(stories_dir, data_dir,
     assert first["prediction"] == max(first["scores"], key=first["scores"].get)
 
 
+def test_table_is_the_papers_layout_with_the_papers_names():
+    settings = {"method": "pera", "rank": 4, "terms": "cross"}
+    rows = [{"name": evaluate.run_name(None), "average": 50.0,
+             "tasks": {"boolq": {"accuracy": 60.0}, "piqa": {"accuracy": 40.0}}},
+            {"name": evaluate.run_name(settings), "trainable_percent": 0.61284, "average": 75.0,
+             "tasks": {"openbookqa": {"accuracy": 75.0}}}]
+    assert evaluate.table(rows).splitlines() == [
+        "| Method | Params (%) | BoolQ | PIQA | OBQA | Avg. |",
+        "|---|---|---|---|---|---|",
+        "| zero-shot | - | 60.00 | 40.00 | - | 50.00 |",
+        "| PERA r=4 (cross only) | 0.6128 | - | - | 75.00 | 75.00 |"]
+    assert [evaluate.run_name({"method": m, "rank": 8}) for m in ("lora", "hira")] == ["LoRA r=8", "HiRA r=8"]
+
+
 def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path):
     out = tmp_path / "pera"
     train.main(train_args(stories_dir, data_dir, out, "--method", "pera", "--rank", "2", "--max-steps", "3",
