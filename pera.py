@@ -1,7 +1,7 @@
 """PERA: polynomial expansion rank adaptation. LoRA plus Hadamard products of its own factors.
 
 This file imports only torch and math, so it can be copied alone into another project:
-    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze everything else
+    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze all that is not an adapter
     ...train...
     merge(model)                    # fold the updates in; plain nn.Linear layers again
 """
@@ -50,14 +50,15 @@ class PERALinear(nn.Module):
     adapter changes nothing, and with h = 0 PERA is LoRA. alpha defaults to r, so s = 1, the value the
     authors' code uses (it applies no scaling). Dropout acts on the adapter's input only. A, B, h are
     float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base; the forward casts
-    B̂ and Â to the activation's dtype.
+    B̂ and Â to the activation's dtype. model.to(torch.bfloat16) after injection converts A, B, h too, as it
+    converts every parameter: convert the model first, then inject.
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"PERALinear wraps an nn.Linear, got {type(base).__name__}")
-        if not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -80,15 +81,26 @@ class PERALinear(nn.Module):
             for m in multisets(rank, size):
                 if terms == "all" or (terms == "square") == (len(set(m)) == 1):
                     kept.append(m + (rank,) * (degree - size))  # index r pads to `degree`; it selects a row of ones
+        self.kept = kept  # the index tuples of the terms, in h's order
+        self._idx = None  # their tensor, built by `idx` on A's device
         w = base.weight
-        # idx (degree, P): column p holds the indices of term p; for degree 2 and "all" it is triu_indices(r, r).
-        # A buffer so that .to(device) moves it; not persistent, since it follows from r, terms and degree.
-        self.register_buffer("idx", torch.tensor(kept, device=w.device).T.contiguous(), persistent=False)
         dtype = torch.promote_types(w.dtype, torch.float32)
         self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
         self.h = nn.Parameter(torch.zeros(len(kept), device=w.device, dtype=dtype))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
+
+    @property
+    def idx(self):
+        """(degree, P) indices: column p holds those of term p; for degree 2 and "all" it is triu_indices(r, r).
+
+        Derived from r, terms and degree, never stored: a buffer is the one thing the meta-device path
+        (to_empty() then load_state_dict) cannot restore, since a state_dict holds only A, B, h and the base.
+        """
+        if self._idx is None or self._idx.device != self.A.device:
+            self._idx = torch.tensor(self.kept, device=self.A.device).T.contiguous()
+        return self._idx
 
     def expanded_factors(self):
         """B̂ (out, r + P) and Â (r + P, in), with ΔW = s · B̂ Â."""
@@ -130,26 +142,72 @@ class PERALinear(nn.Module):
         merged.weight.copy_(base.weight + self.delta_weight())
         if base.bias is not None:
             merged.bias.copy_(base.bias)
-        return merged.requires_grad_(False)
+        return merged.requires_grad_(False).train(self.training)
+
+    @property
+    def weight(self):
+        """W0 + ΔW in W0's dtype, for code that reads layer.weight instead of calling the layer.
+
+        nn.MultiheadAttention passes out_proj.weight to its functional form, nn.TransformerEncoderLayer's
+        eval fast path and a tied output head read .weight too. They then compute what this layer computes
+        (without its dropout), and gradients still reach the adapter. Exposing the frozen W0 instead, as
+        PEFT's wrappers do, would make them skip the adapter silently. W0 itself is base.weight.
+        """
+        return (self.base.weight + self.delta_weight()).to(self.base.weight.dtype)
+
+    @property
+    def bias(self):
+        return self.base.bias
 
     def extra_repr(self):
         return f"r={self.r}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, P={len(self.h)}"
 
 
 def inject(model, rank, targets=TARGETS, **kw):
-    """Wrap every nn.Linear named `target` or `*.target` in PERALinear, freeze all else; return the wrapped names."""
+    """Wrap every nn.Linear named `target` or `*.target` in PERALinear; return the wrapped names.
+
+    Every parameter that is not an adapter's own is frozen, so a second call (other targets, another rank)
+    leaves the adapters of the first trainable. The model's train/eval mode is kept. A target that names
+    no layer, or a layer that is not a plain nn.Linear (an adapter already, a GPT-2 Conv1D), is an error
+    that names the layer, and then nothing is changed.
+    """
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets must name one or more layers (e.g. {TARGETS}), got {targets!r}")
+    matches = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
+    names, wrapped = [], [n for n, m in model.named_modules() if is_adapter(m)]
+    for name, module in model.named_modules():
+        if not matches(name):
+            continue
+        if is_adapter(module):
+            raise ValueError(f"{name} is already adapted (a {type(module).__name__}); adapters do not nest: "
+                             f"merge it first, or leave it out of targets")
+        inside = next((w for w in wrapped if name.startswith(w + ".")), None)
+        if inside is not None:
+            raise ValueError(f"{name} is part of the adapter at {inside} (a {type(model.get_submodule(inside)).__name__}); "
+                             f"adapters do not nest")
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: PERALinear adapts y = x W0^T + b "
+                             f"with W0 of shape (out, in), which only nn.Linear guarantees (GPT-2's Conv1D stores "
+                             f"its weight as (in, out))")
+        names.append(name)
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
         raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
     adapters = [PERALinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
-    model.requires_grad_(False)
     for name, adapter in zip(names, adapters):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, adapter)
+    for module in model.modules():
+        if not is_adapter(module):  # an adapter's own parameters are A, B (h); its frozen base is a module of its own
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
     return names
+
+
+def is_adapter(module):
+    """Whether module is an adapter of lora.py, hira.py, pera.py (or any class of the same shape of API)."""
+    return isinstance(getattr(module, "base", None), nn.Linear) and callable(getattr(module, "delta_weight", None))
 
 
 def merge(model):

@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward pass (gradient accumulation)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--warmup-steps", type=int, default=100,
+                   help="linear warm-up steps, at most a tenth of the run (so that a short run still reaches --lr)")
     p.add_argument("--eval-every", type=int, default=200, help="validation loss every N steps (and at the end)")
     p.add_argument("--save-every", type=int, default=None, help="resumable state every N steps (default: --eval-every)")
     p.add_argument("--val-size", type=int, default=120, help="examples held out of the training mix")
@@ -153,11 +154,18 @@ def validation_loss(model, examples, micro_batch_size, pad_id, device, autocast)
     return total / max(count, 1)
 
 
+def warmup_steps(requested, total_steps):
+    """--warmup-steps, capped at a tenth of the run: 100 warm-up steps in a 12-step run would end it at 12 %
+    of --lr, so a run shorter than ten warm-ups warms up for a tenth of its steps (at least one) instead."""
+    return min(requested, max(1, total_steps // 10))
+
+
 def lr_at(step, args, total_steps):
-    """Linear warm-up from 0 to lr over warmup_steps, then linear decay to 0 at the last step."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    return args.lr * max(0.0, (total_steps - step) / max(1, total_steps - args.warmup_steps))
+    """Linear warm-up from 0 to lr over the warm-up steps, then linear decay to 0 at the last step."""
+    warmup = warmup_steps(args.warmup_steps, total_steps)
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    return args.lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
 # -----------------------------------------------------------------------------
@@ -230,6 +238,10 @@ def main(argv=None):
     total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
     print(f"tasks {', '.join(tasks)}: {len(train_set):,} training / {len(val_set)} validation examples; "
           f"{total_steps:,} steps of {args.batch_size} ({total_steps / steps_per_epoch:.2f} epochs)")
+    warmup = warmup_steps(args.warmup_steps, total_steps)
+    print(f"warm-up: {warmup} step(s) to lr {args.lr:g}, then linear decay to 0"
+          + (f" (--warmup-steps {args.warmup_steps} capped at a tenth of this {total_steps}-step run)"
+             if warmup < args.warmup_steps else ""))
 
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else (lambda: torch.autocast("cpu", enabled=False))

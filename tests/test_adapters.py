@@ -4,6 +4,8 @@ Each test would fail if the code computed something else: ΔW against the paper'
 by term, the efficient forward and its gradients against x @ ΔW^T, merged layers against adapted ones,
 ranks against the papers' bounds, and the injection into model.py's Transformer.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -497,3 +499,190 @@ def test_inject_errors_leave_the_model_unchanged(method):
         METHODS[method].inject(model, 0)
     assert [(n, type(m)) for n, m in model.named_modules()] == before
     assert all(p.requires_grad for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The adapter files copied into someone else's code: other construction paths, other modules, other calls.
+
+class Toy(nn.Module):
+    """A plain PyTorch model with the papers' layer names (and an o_proj that is not a target)."""
+
+    def __init__(self, d=12, f=20):
+        super().__init__()
+        self.q_proj, self.o_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.up_proj, self.down_proj = nn.Linear(d, f), nn.Linear(f, d)
+
+    def forward(self, x):
+        return self.down_proj(torch.tanh(self.up_proj(self.o_proj(self.q_proj(x)))))
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+@pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
+def test_meta_device_then_to_empty_and_load_state_dict_gives_the_same_model(method, kw, rank):
+    """How large models are built: no memory until to_empty(), then every tensor comes from a state_dict."""
+    torch.manual_seed(0)
+    model = Toy()
+    names = METHODS[method].inject(model, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
+    for i, name in enumerate(names):
+        randomize(model.get_submodule(name), seed=i, std=0.3)
+    with torch.device("meta"):
+        built = Toy()
+        METHODS[method].inject(built, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
+    built.to_empty(device="cpu")
+    with torch.no_grad():  # to_empty leaves memory uninitialised: make that garbage deterministic
+        for t in [*built.parameters(), *built.buffers()]:
+            t.fill_(7)
+    built.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        assert torch.equal(built(x), model(x))
+    if method == "pera":
+        assert torch.equal(built.q_proj.idx, model.q_proj.idx)
+
+
+@pytest.mark.parametrize("second", METHODS)
+@pytest.mark.parametrize("first", METHODS)
+def test_a_second_inject_leaves_the_first_adapters_trainable(first, second):
+    model = tiny_model()
+    attention = METHODS[first].inject(model, 8, targets=("q_proj", "k_proj", "v_proj"))
+    mlp = METHODS[second].inject(model, 2, targets=("up_proj", "down_proj"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {f"{name}.{p}" for names, method in ((attention, first), (mlp, second)) for name in names
+                for p in (("A", "B", "h") if method == "pera" else ("A", "B"))}
+    assert trainable == expected
+    before = snapshot(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    idx = tokens()
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()).backward()
+        opt.step()
+    moved = {n for n, v in model.state_dict().items() if not torch.equal(v, before[n])}
+    assert moved == expected
+
+
+class Conv1D(nn.Module):
+    """GPT-2's Conv1D: y = x W + b with W stored as (in, out), the transpose of nn.Linear's."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(nx, nf)), nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inject_names_a_layer_it_refuses_and_changes_nothing(method):
+    cls = ADAPTER[method].__name__
+    model = tiny_model()
+    METHODS[method].inject(model, 4, targets="q_proj")
+    gpt2 = nn.ModuleDict({"c_attn": Conv1D(36, 12), "c_proj": nn.Linear(12, 12)})
+    cases = [
+        (model, "q_proj", rf"model\.layers\.0\.self_attn\.q_proj is already adapted \(a {cls}\); adapters do not nest"),
+        (model, "base", rf"model\.layers\.0\.self_attn\.q_proj\.base is part of the adapter at "
+                        rf"model\.layers\.0\.self_attn\.q_proj \(a {cls}\)"),
+        (model, "mlp", r"model\.layers\.0\.mlp is a MLP, not an nn\.Linear"),
+        (gpt2, ("c_attn", "c_proj"), rf"c_attn is a Conv1D, not an nn\.Linear: {cls} adapts y = x W0\^T \+ b"),
+        (gpt2, (), "targets must name one or more layers"),
+        (gpt2, "", "targets must name one or more layers"),
+        (gpt2, ("c_proj", ""), "targets must name one or more layers"),
+    ]
+    for m, targets, message in cases:
+        before = [(n, type(x), p.requires_grad) for n, x in m.named_modules() for p in x.parameters(recurse=False)]
+        with pytest.raises(ValueError, match=message):
+            METHODS[method].inject(m, 4, targets=targets)
+        assert [(n, type(x), p.requires_grad) for n, x in m.named_modules() for p in x.parameters(recurse=False)] == before
+    with pytest.raises(ValueError, match="rank must be a positive integer, got True"):
+        METHODS[method].inject(gpt2, True, targets="c_proj")
+    with pytest.raises(ValueError, match="rank must be a positive integer, got True"):
+        ADAPTER[method](nn.Linear(4, 4), True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_code_that_reads_layer_weight_computes_the_adapted_layer(method, monkeypatch):
+    """nn.MultiheadAttention hands out_proj.weight to its functional form, and nn.TransformerEncoderLayer's
+    eval fast path reads linear1/linear2.weight: wrapped, they must give what the merged layers give."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=24, dropout=0.0, batch_first=True)
+    names = METHODS[method].inject(layer, 4, targets=("out_proj", "linear1", "linear2"))
+    assert names == ["self_attn.out_proj", "linear1", "linear2"]
+    for i, name in enumerate(names):
+        randomize(layer.get_submodule(name), seed=i, std=0.2)
+    merged = METHODS[method].merge(copy.deepcopy(layer))
+    x = torch.randn(2, 5, 16)
+    fast_path = []
+    original = torch._transformer_encoder_layer_fwd
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a: fast_path.append(1) or original(*a))
+    with torch.no_grad():
+        expected = merged.eval()(x)
+        assert rel_err(layer.eval()(x), expected) < 1e-5
+    assert len(fast_path) == 2  # both went through the fused kernel, which reads .weight
+    out = layer.train()(x)  # the module path: MultiheadAttention's functional form reads out_proj.weight
+    assert rel_err(out, expected) < 1e-5
+    out.square().sum().backward()
+    adapter = layer.self_attn.out_proj
+    assert adapter.A.grad.abs().sum() > 0 and adapter.B.grad.abs().sum() > 0
+    assert adapter.bias is adapter.base.bias and torch.equal(adapter.weight, merged.self_attn.out_proj.weight)
+
+    model = tiny_model()  # the model's own output head reads lm_head.weight
+    METHODS[method].inject(model, 4, targets="lm_head")
+    randomize(model.lm_head, std=0.1)
+    with torch.no_grad():
+        adapted = model(tokens())
+        assert rel_err(METHODS[method].merge(model)(tokens()), adapted) < 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inject_and_load_adapter_keep_the_models_mode(method, tmp_path):
+    import adapters
+    model = tiny_model().eval()
+    METHODS[method].inject(model, 4, dropout=0.1)
+    assert not any(m.training for m in model.modules())
+    trained = tiny_model().train()
+    METHODS[method].inject(trained, 4, dropout=0.1)
+    assert all(m.training for m in trained.modules())
+    assert not any(m.training for m in METHODS[method].merge(model.eval()).modules())
+
+    # an adapter with dropout, loaded into a model in eval mode, gives the merged model's logits
+    s = adapters.settings(method, 4, dropout=0.1)
+    model = tiny_model()
+    adapters.inject(model, s)
+    for i, layer in enumerate(adapters.adapter_layers(model, method).values()):
+        randomize(layer, seed=i, std=0.1)
+    adapters.save_adapter(model, tmp_path, s, base_model="tiny")
+    loaded = tiny_model().eval()
+    adapters.load_adapter(loaded, tmp_path)
+    with torch.no_grad():
+        logits = loaded(tokens())
+        assert torch.equal(loaded(tokens()), logits)  # no dropout: the same logits twice
+        assert rel_err(adapters.merge(loaded, method)(tokens()), logits) < 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapters_are_float32_unless_the_model_is_converted_after_injection(method):
+    """What the docstrings say: A, B, h are float32 on a bf16 model; model.to(bf16) afterwards converts them."""
+    model = tiny_model().to(torch.bfloat16)
+    names = METHODS[method].inject(model, 4)
+    adapter = model.get_submodule(names[0])
+    assert {p.dtype for p in adapter.parameters() if p.requires_grad} == {torch.float32}
+    assert adapter.base.weight.dtype == torch.bfloat16 and model(tokens()).dtype == torch.bfloat16
+    model.to(torch.bfloat16)
+    assert {p.dtype for p in adapter.parameters() if p.requires_grad} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_readmes_adapter_only_state_dict_round_trip(method, tmp_path):
+    model = tiny_model()
+    METHODS[method].inject(model, 4)
+    for i, layer in enumerate(m for m in model.modules() if isinstance(m, ADAPTER[method])):
+        randomize(layer, seed=i, std=0.1)
+    # the README's two lines
+    torch.save({k: v for k, v in model.state_dict().items() if k.endswith((".A", ".B", ".h"))}, tmp_path / "adapter.pt")
+    fresh = tiny_model()
+    METHODS[method].inject(fresh, 4)
+    result = fresh.load_state_dict(torch.load(tmp_path / "adapter.pt"), strict=False)
+    assert not result.unexpected_keys
+    assert sorted(result.missing_keys) == sorted(k for k in model.state_dict() if not k.endswith((".A", ".B", ".h")))
+    with torch.no_grad():
+        assert torch.equal(fresh(tokens()), model(tokens()))
