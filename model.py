@@ -411,12 +411,13 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, attention_mask=None,
-                 generator=None):
+                 generator=None, on_token=None):
         """idx (B, T) with up to max_new_tokens new tokens appended; greedy when temperature is 0.
 
         Left-padded prompts with their attention_mask give each row the tokens it would get alone.
         eos_id (an id or a collection of ids) ends a row; finished rows are filled with the (first) end
-        token, and generation stops once every row has ended.
+        token, and generation stops once every row has ended. on_token, if given, is called with each
+        step's new ids (B,) as soon as they are chosen (to stream the text).
         """
         B, T = idx.shape
         eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id or []), device=idx.device)
@@ -438,6 +439,8 @@ class Transformer(nn.Module):
                 next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
             next_id = torch.where(finished, fill, next_id)
             out.append(next_id[:, None])
+            if on_token is not None:
+                on_token(next_id)
             finished |= torch.isin(next_id, eos)
             if finished.all():
                 break

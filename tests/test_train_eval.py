@@ -155,6 +155,24 @@ def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, d
     assert best_step in (6, 12)
 
 
+def test_a_run_shorter_than_its_warm_up_still_reaches_the_learning_rate(stories_dir, data_dir, tmp_path, capsys):
+    args = train.parse_args(["--max-steps", "12", "--lr", "1e-4"])  # --warmup-steps 100 by default
+    assert [train.lr_at(step, args, 12) for step in range(3)] == [1e-4, 1e-4, pytest.approx(1e-4 * 10 / 11)]
+    assert train.warmup_steps(100, 3306) == 100 and train.warmup_steps(100, 500) == 50  # a tenth of a short run
+    assert train.warmup_steps(20, 200) == 20 and train.warmup_steps(0, 12) == 0
+    assert train.lr_at(49, args, 3306) == pytest.approx(0.5e-4)  # a long run keeps its 100 warm-up steps
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "at most a tenth of the run" in " ".join(capsys.readouterr().out.split())
+    out = tmp_path / "short"
+    train.main(train_args(stories_dir, data_dir, out, "--method", "lora", "--max-steps", "5", "--lr", "1e-3",
+                          "--warmup-steps", "100", "--eval-every", "5"))
+    assert "warm-up: 1 step(s) to lr 0.001, then linear decay to 0 (--warmup-steps 100 capped at a tenth of this " \
+           "5-step run)" in capsys.readouterr().out
+    lrs = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3, 1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+
+
 def test_saved_adapter_reloads_to_the_same_logits(stories_dir, data_dir, tmp_path):
     out = tmp_path / "pera"
     train.main(train_args(stories_dir, data_dir, out, "--method", "pera", "--max-steps", "4", "--lr", "1e-2",

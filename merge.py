@@ -1,0 +1,111 @@
+"""Fold a trained adapter into its base model and write a plain Hugging Face model folder.
+
+    python merge.py --adapter runs/pera-r4 --out merged/pera-r4 [--model DIR] [--dtype bf16]
+
+The folder holds the base's config.json, a model.safetensors in which every adapted weight is W0 + ΔW, and
+the base's tokenizer files, so transformers (AutoModelForCausalLM.from_pretrained), llama.cpp's converter
+or vLLM load it as the plain Llama/Qwen2 model it was: no adapter code, no extra computation. For PERA
+that is the paper's "no inference overhead" made concrete: once its polynomial terms are summed into W0,
+nothing of PERA is left to run. The folder appears only when complete.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import adapters
+from model import Transformer, load_checkpoint_tensors, save_safetensors
+
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# What a model folder may hold besides its weights and config; each one present is copied as it is.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--model", default=None, help="base model folder (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--out", required=True, help="the merged model folder to write (must not exist yet)")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="dtype of the written weights (default: each tensor's dtype in the base checkpoint)")
+    return p.parse_args(argv)
+
+
+def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
+    """Write the merged model folder `out` atomically; return what was done. Bad input raises ValueError
+    or FileNotFoundError naming the culprit, and then nothing is written."""
+    adapter, model_dir, out = Path(adapter), Path(model_dir), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose another --out or remove it")
+    stored = {k: t.dtype for k, t in load_checkpoint_tensors(model_dir).items()}  # memory-mapped: nothing read yet
+    out_dtype = {k: dtype or d for k, d in stored.items()}
+    # ΔW is summed into W0 in float32 (merge() does that for any W0 dtype), so when every tensor is written in
+    # the dtype it is stored in, the model can be held in that dtype too: the same bytes, half the memory of bf16.
+    same = len(set(stored.values()) | set(out_dtype.values())) == 1
+    work_dtype = next(iter(stored.values())) if same else torch.float32
+    model = Transformer.from_pretrained(model_dir, dtype=work_dtype)
+    s = adapters.load_adapter(model, adapter)
+    n_layers = len(adapters.adapter_layers(model, s["method"]))
+    adapters.merge(model, s["method"])
+    tensors = {k: t.to(out_dtype.get(k, dtype or t.dtype)) for k, t in model.state_dict().items()}
+
+    config = json.loads((model_dir / "config.json").read_text())
+    recorded = config.get("dtype", config.get("torch_dtype"))
+    tmp = out.with_name(f".{out.name}.partial{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_safetensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        if dtype is not None and recorded != HF_DTYPE_NAMES[dtype]:
+            # the one field that changes: what transformers' dtype="auto" loads the weights as
+            config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = HF_DTYPE_NAMES[dtype]
+            adapters.write_json(tmp / "config.json", config)
+        else:
+            shutil.copyfile(model_dir / "config.json", tmp / "config.json")  # byte for byte: the plain architecture
+        copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+        for name in copied:
+            shutil.copyfile(model_dir / name, tmp / name)
+        # provenance; deliberately not adapter_config.json, which transformers would take for an adapter to load
+        info = {"adapter": str(adapter), "base_model": str(model_dir), "settings": s, "merged_layers": n_layers,
+                "dtype": HF_DTYPE_NAMES[dtype] if dtype else "as stored"}
+        adapters.write_json(tmp / "merged_from.json", info)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**info, "tokenizer_files": copied, "bytes": (out / "model.safetensors").stat().st_size}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    adapter = Path(args.adapter)
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
+    try:
+        base = args.model or json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as e:
+        sys.exit(f"error: {config_file}: invalid JSON ({e})")
+    if not base:
+        sys.exit(f"error: {config_file} names no base model; pass --model DIR")
+    start = time.time()
+    try:
+        info = merge_folder(adapter, base, args.out, DTYPES.get(args.dtype))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        sys.exit(f"error: {e}")
+    s = info["settings"]
+    print(f"merged {s['method']} r={s['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
+          f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
+          + "".join(f", {name}" for name in info["tokenizer_files"]) + f") in {time.time() - start:.1f} s")
+    return info
+
+
+if __name__ == "__main__":
+    main()
