@@ -2,7 +2,9 @@
 
 prepare.py downloads the real stories260K model from a local "hub" (http.server on 127.0.0.1 serving
 ../shared's files at <repo>/resolve/main/<file>, which is how HF_ENDPOINT is used) and copies the data
-with --data-from. Then train.py runs a few steps of LoRA, HiRA and PERA, and eval.py evaluates each.
+with --data-from. Then train.py runs a few steps of LoRA, HiRA and PERA, and eval.py evaluates each;
+PERA's adapter is merged into a plain model folder (merge.py), which eval.py scores like the adapter, and
+generate.py answers a question with it.
 Every check names what failed.
 """
 import functools
@@ -76,6 +78,17 @@ def main():
             check(len(lines) == 6 * len(tasks), f"{method}: eval.py wrote one prediction per example")
         run("eval.py", "--adapter", work / "runs" / "pera", "--rank-report")
         check((work / "runs" / "pera" / "rank_report.json").is_file(), "eval.py --rank-report wrote its report")
+        run("merge.py", "--adapter", work / "runs" / "pera", "--out", work / "merged")
+        check({p.name for p in (work / "merged").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+              and (work / "merged" / "config.json").read_bytes() == (model / "config.json").read_bytes(),
+              "merge.py wrote a plain model folder with the base's config")
+        run("eval.py", "--model", work / "merged", "--data", data, "--limit", "6", "--batch-size", "6",
+            "--max-new-tokens", "8", "--out", work / "merged-eval")
+        merged = json.loads((work / "merged-eval" / "results.json").read_text())
+        check(merged["tasks"] == results["tasks"], "the merged model, as a plain model, scores what the adapter scored")
+        answer = subprocess.run([sys.executable, "generate.py", "--adapter", work / "runs" / "pera", "Is the sky blue?",
+                                 "--max-new-tokens", "8"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        check(answer.strip() != "", f"generate.py answered ({answer.strip()!r})")
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
