@@ -80,6 +80,22 @@ def test_merged_pera_is_unmerged_pera_and_keeps_the_tokenizer(tmp_path, stories_
     assert json.loads((out / "merged_from.json").read_text())["settings"] == adapters.settings("pera", 4, **kw)
 
 
+@pytest.mark.parametrize("method", ["lora", "hira", "pera"])
+def test_merged_qwen2_keeps_its_biases_and_gives_the_adapted_logits(tmp_path, method):
+    base = HERE_FIXTURES / "models" / "tiny-qwen2"  # q/k/v biases, tied embeddings
+    adapter = random_adapter(base, tmp_path / method, method)
+    merge.main(["--adapter", str(adapter), "--out", str(tmp_path / "merged")])
+    unmerged = Transformer.from_pretrained(base)
+    adapters.load_adapter(unmerged, adapter)
+    with torch.no_grad():
+        expected, merged = unmerged(input_ids(base)), Transformer.from_pretrained(tmp_path / "merged")(input_ids(base))
+    assert (merged - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (tmp_path / "merged" / "config.json").read_bytes() == (base / "config.json").read_bytes()
+    tensors, stored = load_safetensors(tmp_path / "merged" / "model.safetensors"), load_safetensors(base / "model.safetensors")
+    assert tensors.keys() == stored.keys() and torch.equal(tensors["model.layers.0.self_attn.q_proj.bias"],
+                                                           stored["model.layers.0.self_attn.q_proj.bias"])
+
+
 def test_merge_to_bf16_rounds_once_and_says_so_in_the_config(tmp_path, stories_dir):
     adapter = random_adapter(stories_dir, tmp_path / "lora", "lora")
     merge.main(["--adapter", str(adapter), "--out", str(tmp_path / "f32")])
