@@ -23,10 +23,9 @@ from model import Transformer, load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# What a model folder may hold besides its weights and config; each one present is copied as it is.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json")
+# The tokenizer's files and the generation defaults a model folder may hold; each one present is copied as it is.
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+                "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
 
 
 def parse_args(argv=None):
@@ -70,7 +69,7 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
             adapters.write_json(tmp / "config.json", config)
         else:
             shutil.copyfile(model_dir / "config.json", tmp / "config.json")  # byte for byte: the plain architecture
-        copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+        copied = [name for name in COPIED_FILES if (model_dir / name).is_file()]
         for name in copied:
             shutil.copyfile(model_dir / name, tmp / name)
         # provenance; deliberately not adapter_config.json, which transformers would take for an adapter to load
@@ -80,7 +79,7 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {**info, "tokenizer_files": copied, "bytes": (out / "model.safetensors").stat().st_size}
+    return {**info, "copied_files": copied, "bytes": (out / "model.safetensors").stat().st_size}
 
 
 def main(argv=None):
@@ -103,7 +102,7 @@ def main(argv=None):
     s = info["settings"]
     print(f"merged {s['method']} r={s['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
           f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
-          + "".join(f", {name}" for name in info["tokenizer_files"]) + f") in {time.time() - start:.1f} s")
+          + "".join(f", {name}" for name in info["copied_files"]) + f") in {time.time() - start:.1f} s")
     return info
 
 

@@ -66,7 +66,7 @@ def test_merged_pera_is_unmerged_pera_and_keeps_the_tokenizer(tmp_path, stories_
     adapter = random_adapter(stories_dir, tmp_path / "pera", "pera", **kw)
     out = tmp_path / "merged"
     info = merge.main(["--adapter", str(adapter), "--out", str(out)])  # the base model from adapter_config.json
-    assert info["merged_layers"] == 5 * 5 and info["tokenizer_files"] == ["tokenizer.json", "tokenizer_config.json"]
+    assert info["merged_layers"] == 5 * 5 and info["copied_files"] == ["tokenizer.json", "tokenizer_config.json"]
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (stories_dir / name).read_bytes()
     unmerged = Transformer.from_pretrained(stories_dir)
