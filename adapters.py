@@ -129,5 +129,5 @@ def write_json(path, obj):
     """Write JSON atomically: a reader never sees a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: a bug, said at once
     os.replace(tmp, path)

@@ -26,6 +26,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import adapters
+import cli
 from model import Config, Transformer
 from train import loss_sum
 
@@ -72,7 +73,10 @@ def parse_args(argv=None):
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if "lora" not in args.methods:
         p.error("--methods must include lora: every ratio is to LoRA")
-    args.ranks = [int(r) for r in args.ranks.split(",")]
+    try:
+        args.ranks = [int(r) for r in args.ranks.split(",")]
+    except ValueError:
+        p.error(f"--ranks {args.ranks!r} is not a comma-separated list of integers")
     args.shape = args.shape or (None if args.model else "smollm2-135m")
     return args
 
@@ -200,13 +204,15 @@ def main(argv=None):
     args = parse_args(argv)
     args.targets = args.targets.split(",")
     device = torch.device(args.device)
-    model = build_model(args)
+    with cli.user_input():  # a corrupt model folder
+        model = build_model(args)
     ids, labels = batch(args, model)
     on_cuda = device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else (lambda: torch.autocast("cpu", enabled=False))
     frozen = base_layers(model, args.targets)
     specs = variant_list(args)
-    variants = [Variant(model, *spec, args) for spec in specs]
+    with cli.user_input():  # an impossible adapter: --ranks 0, a target the model lacks
+        variants = [Variant(model, *spec, args) for spec in specs]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model or args.shape}{f' ({args.layers} layers)' if args.layers else ''}: {n_params / 1e6:.1f}M "
           f"params, batch {args.batch_size}x{args.seq_len}, {device}, {torch.get_num_threads()} threads")
@@ -276,4 +282,4 @@ def report(variants, args, n_params):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -51,10 +51,14 @@ def load_records(path) -> list:
         records = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such data file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:  # UTF-16, Latin-1, binary
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    if not records:
+        raise ValueError(f"{path}: holds no records (an empty list)")
     for i, r in enumerate(records):
         if not isinstance(r, dict):
             raise ValueError(f"{path}: record {i} is not an object")
@@ -63,6 +67,12 @@ def load_records(path) -> list:
                 raise ValueError(f"{path}: record {i} has no string field '{key}'")
         if not isinstance(r.get("input", ""), str):
             raise ValueError(f"{path}: record {i} has a non-string 'input'")
+        for key in ("instruction", "input", "output", "answer"):
+            try:
+                r.get(key, "").encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON's "\ud800" escape gives a lone surrogate, not a character
+                raise ValueError(f"{path}: record {i} field '{key}' holds a lone surrogate "
+                                 f"({e.object[e.start:e.end]!r} at character {e.start}), which is not text") from None
     return records
 
 
@@ -96,6 +106,19 @@ def extract_answer(task: str, text: str):
 
 def gold_answer(task: str, record: dict) -> str:
     return record["answer"].strip() or extract_answer(task, record["output"])
+
+
+def check_gold(task: str, records: list, path):
+    """Every record's gold answer must be one of the task's labels: an unreadable one (no `answer`, none in
+    `output`) would match an unparsed prediction, None == None, and another label set (BoolQ's yes/no)
+    would score a silent 0 %."""
+    labels = ANSWER_PATTERNS[task].split("|")
+    bad = [i for i, r in enumerate(records) if gold_answer(task, r) not in labels]
+    if bad:
+        r = records[bad[0]]
+        raise ValueError(f"{path}: {len(bad)} of {len(records)} records have no gold answer among {task}'s labels "
+                         f"({', '.join(labels)}); the first is record {bad[0]}: answer {r['answer']!r}, output "
+                         f"{r['output'][:80]!r}")
 
 
 def candidates(task: str, record: dict) -> list:

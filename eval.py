@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import adapters
+import cli
 import commonsense
 from model import Transformer
 from tokenizer import Tokenizer
+from train import check_vocabulary
 
 
 def parse_args(argv=None):
@@ -53,12 +55,16 @@ def parse_args(argv=None):
 
 def load(args):
     """The model (with its adapter injected, or merged) and its tokenizer; the adapter's settings or None."""
-    settings, base = None, args.model
+    settings, base, trained_on = None, args.model, None
     if args.adapter:
         config_file = Path(args.adapter) / "adapter_config.json"
         if not config_file.is_file():
             sys.exit(f"error: {args.adapter}: no adapter_config.json")
-        base = base or json.loads(config_file.read_text()).get("base_model_name_or_path")
+        try:
+            trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        except (ValueError, AttributeError) as e:  # not JSON, or not an object
+            raise ValueError(f"{config_file}: not a JSON adapter config ({e})") from None
+        base = base or trained_on
     base = Path(base or "checkpoints/SmolLM2-135M-Instruct")
     args.model = str(base)  # recorded in results.json
     if not (base / "tokenizer.json").is_file():
@@ -66,11 +72,18 @@ def load(args):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Transformer.from_pretrained(base, dtype=dtype, device=device)
+    tokenizer = Tokenizer.from_file(base / "tokenizer.json")
+    check_vocabulary(tokenizer, model, base)
     if args.adapter:
-        settings = adapters.load_adapter(model, args.adapter)
+        try:
+            settings = adapters.load_adapter(model, args.adapter)
+        except ValueError as e:
+            if trained_on and Path(trained_on).resolve() != base.resolve():
+                raise ValueError(f"{e} (the adapter was trained on {trained_on}, not {base})") from None
+            raise
         if args.merge:
             adapters.merge(model, settings["method"])
-    return model.eval(), Tokenizer.from_file(base / "tokenizer.json"), settings
+    return model.eval(), tokenizer, settings
 
 
 # -----------------------------------------------------------------------------
@@ -81,10 +94,25 @@ def by_length(items, key):
     return sorted(range(len(items)), key=lambda i: -len(key(items[i])))
 
 
+def keep_last(ids, room, bos):
+    """ids cut to their last `room` tokens (after the BOS token, when there is one), so that the end of the
+    prompt, "### Response:", stays next to the answer; the number of tokens cut, or 0."""
+    if len(ids) <= room:
+        return ids, 0
+    head = ids[:1] if bos else []
+    return head + ids[len(ids) - room + len(head):], len(ids) - room
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, task, records, batch_size, max_new_tokens, bar):
-    """Greedy generation for every record, batched with left padding; the same for any batch size."""
-    prompts = [tokenizer.encode(commonsense.prompt(r), bos=tokenizer.add_bos) for r in records]
+    """Greedy generation for every record, batched with left padding; the same for any batch size.
+
+    A prompt longer than the model's positions less max_new_tokens keeps its last tokens (keep_last)."""
+    room = model.config.max_position_embeddings - max_new_tokens
+    prompts = [keep_last(tokenizer.encode(commonsense.prompt(r), bos=tokenizer.add_bos), room, tokenizer.add_bos)
+               for r in records]
+    cut = [n for _, n in prompts]
+    prompts = [ids for ids, _ in prompts]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     device = model.model.embed_tokens.weight.device
     out = [None] * len(records)
@@ -101,7 +129,7 @@ def generate_answers(model, tokenizer, task, records, batch_size, max_new_tokens
                 tokens = tokens[:tokens.index(tokenizer.eos_id)]
             text = tokenizer.decode(tokens)
             prediction = commonsense.extract_answer(task, text)
-            out[i] = {"output": text, "prediction": prediction}
+            out[i] = {"output": text, "prediction": prediction, "tokens_cut": cut[i]}
         bar.update(len(rows))
     return out
 
@@ -117,7 +145,9 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
         for label in commonsense.candidates(task, r):
             full = tokenizer.encode(p + commonsense.response_for(r, label), bos=bos)
             n = next((k for k, (a, b) in enumerate(zip(prompt_ids, full)) if a != b), min(len(prompt_ids), len(full)))
-            seqs.append((full, n))
+            # too long for the model's positions: the prompt's start goes, the response is always scored
+            full, cut = keep_last(full, model.config.max_position_embeddings, bos)
+            seqs.append((full, max(n - cut, 2 if bos else 1), cut))
             owners.append((i, label))
     device = model.model.embed_tokens.weight.device
     scores = [None] * len(seqs)
@@ -128,7 +158,7 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
         ids = torch.zeros(len(rows), T, dtype=torch.long)
         labels = torch.full((len(rows), T), -100, dtype=torch.long)
         for row, i in enumerate(rows):
-            full, n = seqs[i]
+            full, n, _ = seqs[i]
             ids[row, :len(full)] = torch.tensor(full)
             labels[row, n:len(full)] = torch.tensor(full[n:])
         ids, labels = ids.to(device), labels.to(device)
@@ -140,9 +170,10 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
         for row, i in enumerate(rows):
             scores[i] = per_row[row].item()
         bar.update(len({owners[i][0] for i in rows}))
-    out = [{"scores": {}} for _ in records]
-    for (i, label), score in zip(owners, scores):
+    out = [{"scores": {}, "tokens_cut": 0} for _ in records]
+    for (i, label), score, (_, _, cut) in zip(owners, scores, seqs):
         out[i]["scores"][label] = round(score, 4)
+        out[i]["tokens_cut"] = max(out[i]["tokens_cut"], cut)
     for o in out:
         o["prediction"] = max(o["scores"], key=o["scores"].get)
     return out
@@ -215,19 +246,31 @@ def print_rank_report(rows, settings):
 def main(argv=None):
     args = parse_args(argv)
     if args.table:
-        print(table([json.loads(Path(f).read_text()) for f in args.table]))
+        with cli.user_input():
+            rows = [read_results(f) for f in args.table]
+        print(table(rows))
         return None
-    model, tokenizer, settings = load(args)
+    if not args.rank_report:  # the data first: a bad file is reported before minutes of model loading
+        with cli.user_input():
+            tasks = commonsense.resolve_tasks(args.data, "test", args.tasks)
+            data = {}
+            for t in tasks:
+                data[t] = commonsense.load_records(Path(args.data) / t / "test.json")[:args.limit]
+                commonsense.check_gold(t, data[t], Path(args.data) / t / "test.json")
+    with cli.user_input():  # a corrupt model, tokenizer or adapter file; an adapter of another base model
+        model, tokenizer, settings = load(args)
+    if args.mode == "generate" and args.max_new_tokens >= model.config.max_position_embeddings:
+        sys.exit(f"error: --max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's "
+                 f"{model.config.max_position_embeddings} positions")
     if args.rank_report:
         rows = rank_report(model, settings)
         print_rank_report(rows, settings)
         adapters.write_json(Path(args.adapter) / "rank_report.json", rows)
         return rows
 
-    tasks = commonsense.resolve_tasks(args.data, "test", args.tasks)
     out = Path(args.out or Path(args.adapter or "runs/zero-shot") / f"eval-{args.mode}")
-    out.mkdir(parents=True, exist_ok=True)
-    data = {t: commonsense.load_records(Path(args.data) / t / "test.json")[:args.limit] for t in tasks}
+    with cli.user_input():
+        out.mkdir(parents=True, exist_ok=True)
     result = {"name": run_name(settings), "model": str(args.model), "adapter": args.adapter, "mode": args.mode,
               "merged": args.merge, "limit": args.limit, "tasks": {}}
     if args.adapter and (Path(args.adapter) / "metrics.json").is_file():
@@ -247,7 +290,8 @@ def main(argv=None):
                 correct, failures = correct + ok, failures + (a["prediction"] is None)
                 f.write(json.dumps({"task": task, "index": i, "answer": gold, "correct": ok, **a}) + "\n")
             result["tasks"][task] = {"accuracy": 100 * correct / len(records), "correct": correct,
-                                     "n": len(records), "parse_failures": failures}
+                                     "n": len(records), "parse_failures": failures,
+                                     "prompts_cut": sum(a["tokens_cut"] > 0 for a in answers)}
     (out / "predictions.jsonl.tmp").replace(out / "predictions.jsonl")
     result["average"] = sum(t["accuracy"] for t in result["tasks"].values()) / len(result["tasks"])
     n = sum(t["n"] for t in result["tasks"].values())
@@ -257,8 +301,23 @@ def main(argv=None):
     print(table([result]))
     print(f"{n} examples in {result['seconds']:.0f} s; parse failures {result['parse_failure_rate']:.1f}% "
           f"(answers with no match count as wrong); written to {out}")
+    cut = {t: r["prompts_cut"] for t, r in result["tasks"].items() if r["prompts_cut"]}
+    if cut:
+        print(f"prompts longer than the model's {model.config.max_position_embeddings} positions"
+              f"{f' less {args.max_new_tokens} for the answer' if args.mode == 'generate' else ''} kept their last "
+              f"tokens: {', '.join(f'{n} in {t}' for t, n in cut.items())} (tokens_cut in predictions.jsonl)")
+    return result
+
+
+def read_results(path):
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(result, dict) or not {"name", "tasks", "average"} <= set(result):
+        raise ValueError(f"{path}: not an eval.py results.json")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

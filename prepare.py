@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import cli
 from commonsense import TASKS, load_records
 from model import save_safetensors
 
@@ -991,4 +992,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

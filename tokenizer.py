@@ -678,5 +678,7 @@ def _read_json(path: Path):
     with open(path, encoding="utf-8") as f:  # a missing file raises FileNotFoundError naming it
         try:
             return json.load(f)
+        except UnicodeDecodeError as e:  # a binary file, or another encoding
+            raise ValueError(f"{path}: not UTF-8 text ({e})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None

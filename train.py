@@ -11,9 +11,15 @@ metrics.json, and checkpoint/state.pt, from which --resume continues an interrup
 import argparse
 import json
 import math
+import os
 import random
+import re
+import signal
+import socket
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import adapters
+import cli
 import commonsense
 from model import Transformer
 from tokenizer import Tokenizer
@@ -90,11 +97,12 @@ def parse_args(argv=None):
 # Data: tokenized examples, grouped by length into batches.
 
 def load_examples(args, tokenizer, bos):
-    tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
-    records = [r for t in tasks for r in commonsense.load_records(Path(args.data) / t / "train.json")]
+    with cli.user_input():
+        tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
+        records = [r for t in tasks for r in commonsense.load_records(Path(args.data) / t / "train.json")]
     random.Random(args.seed).shuffle(records)
     if len(records) <= args.val_size:
-        raise ValueError(f"only {len(records)} training records for {args.val_size} validation examples")
+        sys.exit(f"error: only {len(records)} training records for {args.val_size} validation examples (--val-size)")
     encoded = [commonsense.encode_example(tokenizer, r, bos, args.train_on_inputs, prompt_cutoff=args.cutoff)
                for r in tqdm(records, desc="tokenizing", leave=False)]
     return tasks, encoded[args.val_size:], encoded[:args.val_size]
@@ -171,14 +179,32 @@ def lr_at(step, args, total_steps):
 # -----------------------------------------------------------------------------
 # Resumable state: everything the next step depends on, written atomically.
 
-def save_state(path, step, model, optimizer, rng, best, history):
+def save_state(path, step, model, optimizer, rng, best, history, clock):
+    """clock: {"seconds", "tokens"} of training so far, all sessions together (for metrics.json)."""
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     state = {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng,
-             "best": best, "history": history}
+             "best": best, "history": history, "clock": clock}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def load_state(path, model, device):
+    """The saved state, checked against the model; a file that is not one is an error naming it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated zip, a pickle of something else: whatever torch.load makes of it
+        raise ValueError(f"{path}: not a readable train.py state ({type(e).__name__}: {e}); delete the folder "
+                         f"and start again, or choose another --out") from None
+    keys = {"step", "trainable", "optimizer", "rng", "best", "history"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise ValueError(f"{path}: not a train.py state (expected the keys {', '.join(sorted(keys))})")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
+    if shapes != {n: tuple(p.shape) for n, p in params.items()}:
+        raise ValueError(f"{path}: its adapter tensors do not fit this model and method")
+    return state
 
 
 def rng_state():
@@ -197,20 +223,138 @@ def on_step(step, record):
     """Called after every optimizer step with its log record (a seam for tests and extensions)."""
 
 
+class HeldInterrupt:
+    """Ctrl-C between hold() and release() waits for release(), which raises it then.
+
+    A step is one unit: its update, validation, best adapter, log line and state. An interrupt inside
+    it would save a state that has the step's update but not its record (or its adapter); held to the
+    step's end, it saves a state that a resumed run continues exactly.
+    """
+
+    def __init__(self):
+        self.pending, self.previous = False, None
+
+    def hold(self):
+        if threading.current_thread() is threading.main_thread():  # only there can a handler be set
+            self.previous = signal.signal(signal.SIGINT, self._note) or signal.default_int_handler
+
+    def _note(self, signum, frame):
+        self.pending = True
+        tqdm.write("interrupt: finishing this step, then saving the state")
+
+    def release(self, raise_pending=True):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+        if self.pending and raise_pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
+
+
+@contextmanager
+def folder_lock(out):
+    """Hold out/.lock (created with O_EXCL, holding our pid and host) while training into out.
+
+    A second train.py on the same folder is refused; a lock whose process is gone (killed) is stale and
+    taken over. Once it is ours no one else writes in out, so temporary files left there are a killed
+    run's: they are removed.
+    """
+    lock = out / ".lock"
+    with cli.user_input():
+        out.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = read_lock(lock)
+                if holder is not None and alive(*holder):
+                    sys.exit(f"error: {out} is in use by another train.py (pid {holder[0]} on host {holder[1]}); wait "
+                             f"for it to end or choose another --out (if no such run exists, delete {lock})")
+                lock.unlink(missing_ok=True)  # stale; a race with another run taking it over is left to O_EXCL
+        else:
+            sys.exit(f"error: {out}: could not take {lock}")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        for folder in (out, out / "checkpoint"):
+            for leftover in folder.glob("*tmp*") if folder.is_dir() else []:
+                if TEMPORARY.fullmatch(leftover.name):
+                    leftover.unlink()
+    try:
+        yield
+    finally:
+        if read_lock(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink()
+
+
+def read_lock(lock):
+    """(pid, host) of a lock file, or None when it is absent or unreadable (killed before writing it)."""
+    try:
+        holder = json.loads(lock.read_text())
+        return int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def alive(pid, host):
+    """Whether the process holding a lock still runs; one on another host is assumed to."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return True
+
+
+def check_vocabulary(tokenizer, model, model_dir):
+    """Every id the tokenizer can give must have an embedding row; a mismatch would fail deep in F.embedding."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{Path(model_dir) / 'tokenizer.json'}: token ids go up to {tokenizer.vocab_size - 1}, but "
+                         f"{Path(model_dir) / 'config.json'} has vocab_size {model.config.vocab_size}: the tokenizer "
+                         f"and the model do not belong together")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    with folder_lock(Path(args.out)):
+        return run_training(args)
+
+
+def same_argument(key, saved, given):
+    """Paths are the same when they name the same folder ("data/" is "./data")."""
+    if key in ("model", "data") and isinstance(saved, str) and isinstance(given, str):
+        return Path(saved).resolve() == Path(given).resolve()
+    return saved == given
+
+
+def run_training(args):
     out = Path(args.out)
     state_file = out / "checkpoint" / "state.pt"
     if args.resume:
         if not state_file.is_file():
-            sys.exit(f"error: --resume: no saved run in {out} ({state_file} not found)")
-        saved = json.loads((out / "args.json").read_text())
-        changed = [k for k in RUN_DEFINING if saved.get(k) != getattr(args, k)]
+            what = ("start it without --resume" if not (out / "adapter_model.safetensors").is_file() else
+                    f"it holds an adapter but no state to continue from: delete {out} to start again, or choose "
+                    f"another --out")
+            sys.exit(f"error: --resume: no saved run in {out} ({state_file} not found); {what}")
+        with cli.user_input(out / "args.json"):
+            saved = json.loads((out / "args.json").read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object of train.py's arguments")
+        changed = [k for k in RUN_DEFINING if not same_argument(k, saved.get(k), getattr(args, k))]
         if changed:
             sys.exit(f"error: --resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
                      f"saved run in {out}; resume with the same arguments")
-    elif state_file.is_file() or (out / "adapter_model.safetensors").is_file():
+    elif state_file.is_file():
         sys.exit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out")
+    elif (out / "adapter_model.safetensors").is_file():  # an older train.py's folder, or its checkpoint deleted
+        sys.exit(f"error: {out} holds an adapter but no {state_file} to continue from; delete {out} to start "
+                 f"again, or choose another --out")
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -219,12 +363,14 @@ def main(argv=None):
     model_dir = Path(args.model)
     if not (model_dir / "tokenizer.json").is_file():
         sys.exit(f"error: {model_dir}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
-    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
-    # On a GPU the frozen base is bf16 and runs under bf16 autocast; adapter weights stay float32.
-    model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if on_cuda else torch.float32, device=device)
-    s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                          args.degree)
-    adapters.inject(model, s)
+    with cli.user_input():  # a corrupt or mismatched model folder, an impossible adapter (--terms cross --rank 1)
+        tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+        # On a GPU the frozen base is bf16 and runs under bf16 autocast; adapter weights stay float32.
+        model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if on_cuda else torch.float32, device=device)
+        check_vocabulary(tokenizer, model, model_dir)
+        s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
+                              args.degree)
+        adapters.inject(model, s)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
@@ -246,25 +392,34 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else (lambda: torch.autocast("cpu", enabled=False))
     step, best, history = 0, {"val_loss": math.inf, "step": None}, []
+    clock = {"seconds": 0.0, "tokens": 0}  # of all sessions before this one
     if args.resume:
-        state = torch.load(state_file, map_location=device, weights_only=False)
+        with cli.user_input():
+            state = load_state(state_file, model, device)
         params = dict(model.named_parameters())
         for n, t in state["trainable"].items():
             params[n].data.copy_(t)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, best, history = state["step"], state["best"], state["history"]
+        clock = state.get("clock", clock)
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))  # drop steps after the state
         print(f"resuming {out} at step {step}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         adapters.write_json(out / "args.json", vars(args))
         (out / "log.jsonl").write_text("")
+        # A state from the start: from now on the folder always holds one, so a run killed at any moment
+        # (even after its first adapter but before its first --save-every) can be resumed.
+        save_state(state_file, 0, model, optimizer, rng_state(), best, history, clock)
+    saved_step = step
 
     lengths = [len(ids) for ids, _ in train_set]
     bar = tqdm(total=total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True)
     start_time, tokens_seen, start_step = time.time(), 0, step
-    rng_at_step, updating = rng_state(), False
+    rng_at_step, held = rng_state(), HeldInterrupt()
+    clock_now = lambda: {"seconds": clock["seconds"] + time.time() - start_time,  # noqa: E731
+                         "tokens": clock["tokens"] + tokens_seen}
     try:
         while step < total_steps:
             epoch, index = divmod(step, steps_per_epoch)
@@ -287,12 +442,11 @@ def main(argv=None):
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip or math.inf).item()
             if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
-            updating = True  # an interrupt between here and `step += 1` leaves no consistent state to save
+            held.hold()  # from the update to the step's saved state, Ctrl-C waits (HeldInterrupt)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             rng_at_step = rng_state()  # saved with the state, so a resumed run draws the same dropout masks
-            updating = False
             record = {"step": step, "loss": round(train_loss, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
                       "time": round(time.time() - start_time, 2)}
             if step % args.eval_every == 0 or step == total_steps:
@@ -302,7 +456,7 @@ def main(argv=None):
                 # the adapter kept is the best by validation loss (the latest, with no validation set)
                 if not val_set or record["val_loss"] < best["val_loss"]:
                     best = {"val_loss": record.get("val_loss", math.nan), "step": step}
-                    adapters.save_adapter(model, out, s, base_model=str(model_dir))
+                    adapters.save_adapter(model, out, s, base_model=str(model_dir.resolve()))
                 tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {record.get('val_loss', math.nan):.4f}"
                            + (" (best)" if best["step"] == step else ""))
             history.append(record)
@@ -313,22 +467,28 @@ def main(argv=None):
             bar.update(1)
             on_step(step, record)
             if step % args.save_every == 0 or step == total_steps:
-                save_state(state_file, step, model, optimizer, rng_at_step, best, history)
+                save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now())
+                saved_step = step
+            held.release()  # a Ctrl-C held during the step is raised here, after its state
     except KeyboardInterrupt:
+        held.release(raise_pending=False)
         bar.close()
-        if updating:
-            sys.exit(f"\ninterrupted during the update of step {step + 1}; the state saved last in {state_file} "
-                     f"is kept. Continue with the same arguments plus --resume.")
-        save_state(state_file, step, model, optimizer, rng_at_step, best, history)
+        save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now())
         sys.exit(f"\ninterrupted after step {step}; state saved in {state_file}. Continue with the same "
                  f"arguments plus --resume.")
     except FloatingPointError as e:
         bar.close()
-        sys.exit(f"error: {e}: stopping without saving this step (the last good state and the best adapter so "
-                 f"far are kept). Try a lower --lr or a smaller --rank.")
+        kept = (f"the best adapter so far (step {best['step']}) in {out}" if best["step"] is not None else
+                "no adapter (none was saved yet)")
+        sys.exit(f"error: {e}: stopped without saving this step. Kept: the state after step {saved_step} in "
+                 f"{state_file}, and {kept}. Try a lower --lr or a smaller --rank, in another --out (a resumed "
+                 f"run would repeat the same steps).")
+    finally:
+        held.release(raise_pending=False)
     bar.close()
 
     elapsed = time.time() - start_time
+    total = clock_now() if step > start_step else clock  # a finished run resumed: the clock stopped with its state
     losses = [r["loss"] for r in history]
     metrics = {"method": args.method, "rank": args.rank, "tasks": tasks, "steps": step,
                "trainable_params": n_trainable, "total_params": n_total,
@@ -336,15 +496,19 @@ def main(argv=None):
                "first_loss": losses[0], "last_loss": losses[-1],
                "mean_loss_first_10": sum(losses[:10]) / len(losses[:10]),
                "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
-               "best_val_loss": best["val_loss"], "best_step": best["step"],
-               "seconds_this_session": round(elapsed, 1),
-               "seconds_per_step": round(elapsed / max(1, step - start_step), 3),
-               "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1), "device": str(device)}
+               # no validation set: no loss to report (JSON has no NaN), and the adapter is the last step's
+               "best_val_loss": best["val_loss"] if math.isfinite(best["val_loss"]) else None,
+               "best_step": best["step"],
+               "seconds_this_session": round(elapsed, 1), "seconds": round(total["seconds"], 1),
+               "seconds_per_step": round(total["seconds"] / max(1, step), 3),
+               "tokens_per_second": round(total["tokens"] / max(total["seconds"], 1e-9), 1), "device": str(device)}
     adapters.write_json(out / "metrics.json", metrics)
+    best_text = (f"best val loss {best['val_loss']:.4f} at step {best['step']}" if val_set else
+                 f"no validation set, the adapter is step {best['step']}'s")
     print(f"done: {step} steps, loss {metrics['mean_loss_first_10']:.4f} -> {metrics['mean_loss_last_10']:.4f} "
-          f"(mean of first/last 10), best val loss {best['val_loss']:.4f} at step {best['step']}; adapter in {out}")
+          f"(mean of first/last 10), {best_text}; adapter in {out}")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

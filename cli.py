@@ -1,0 +1,32 @@
+"""How the command-line tools report what they were given wrong: one `error: ...` line, no traceback.
+
+The library files (model.py, tokenizer.py, commonsense.py, adapters.py, and lora.py, hira.py, pera.py,
+which import only torch and math) raise ValueError or OSError with a message that names the culprit.
+A tool turns those into the one line only where it reads the user's input (its arguments, files and
+folders), by running that code under `user_input()`; anywhere else an exception is a bug and keeps its
+traceback. Each tool's entry point is `run(main)`, which also ends a Ctrl-C that nothing else handles
+with one line.
+
+Exit status: 2 for a wrong command line (argparse), 1 for a bad input, 130 for Ctrl-C.
+"""
+import contextlib
+import sys
+
+
+@contextlib.contextmanager
+def user_input(culprit=None):
+    """Inside this block a ValueError or OSError means bad input: exit with `error: [culprit: ]message`."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        message = " ".join((str(e) or type(e).__name__).split())  # one line, even for a multi-line message
+        sys.exit(f"error: {f'{culprit}: ' if culprit else ''}{message}")
+
+
+def run(main, argv=None):
+    """A tool's entry point: main(argv), with Ctrl-C outside the places that handle it as one line."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
