@@ -68,7 +68,8 @@ def load(args):
     base = Path(base or "checkpoints/SmolLM2-135M-Instruct")
     args.model = str(base)  # recorded in results.json
     if not (base / "tokenizer.json").is_file():
-        sys.exit(f"error: {base}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
+        named = f" (the base model {Path(args.adapter) / 'adapter_config.json'} names)" if str(base) == trained_on else ""
+        sys.exit(f"error: {base}{named}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Transformer.from_pretrained(base, dtype=dtype, device=device)
@@ -147,7 +148,7 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
             n = next((k for k, (a, b) in enumerate(zip(prompt_ids, full)) if a != b), min(len(prompt_ids), len(full)))
             # too long for the model's positions: the prompt's start goes, the response is always scored
             full, cut = keep_last(full, model.config.max_position_embeddings, bos)
-            seqs.append((full, max(n - cut, 2 if bos else 1), cut))
+            seqs.append((full, max(n - cut, 1), cut))
             owners.append((i, label))
     device = model.model.embed_tokens.weight.device
     scores = [None] * len(seqs)

@@ -228,19 +228,23 @@ class HeldInterrupt:
 
     A step is one unit: its update, validation, best adapter, log line and state. An interrupt inside
     it would save a state that has the step's update but not its record (or its adapter); held to the
-    step's end, it saves a state that a resumed run continues exactly.
+    step's end, it saves a state that a resumed run continues exactly. A second Ctrl-C does not wait:
+    the step is abandoned (`abandoned`), and the state saved before it is the one to resume from.
     """
 
     def __init__(self):
-        self.pending, self.previous = False, None
+        self.pending, self.abandoned, self.previous = False, False, None
 
     def hold(self):
         if threading.current_thread() is threading.main_thread():  # only there can a handler be set
             self.previous = signal.signal(signal.SIGINT, self._note) or signal.default_int_handler
 
     def _note(self, signum, frame):
+        if self.pending:
+            self.abandoned = True
+            raise KeyboardInterrupt
         self.pending = True
-        tqdm.write("interrupt: finishing this step, then saving the state")
+        tqdm.write("interrupt: finishing this step, then saving the state (Ctrl-C again: stop now, without it)")
 
     def release(self, raise_pending=True):
         if self.previous is not None:
@@ -473,6 +477,9 @@ def run_training(args):
     except KeyboardInterrupt:
         held.release(raise_pending=False)
         bar.close()
+        if held.abandoned:
+            sys.exit(f"\ninterrupted twice: stopped inside step {step}, without saving it; the state after step "
+                     f"{saved_step} in {state_file} is kept. Continue with the same arguments plus --resume.")
         save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now())
         sys.exit(f"\ninterrupted after step {step}; state saved in {state_file}. Continue with the same "
                  f"arguments plus --resume.")

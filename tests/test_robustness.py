@@ -72,13 +72,13 @@ def assert_same_run(a, b):
     assert {k: v for k, v in ma.items() if k not in timing} == {k: v for k, v in mb.items() if k not in timing}
 
 
-def interrupt_inside(monkeypatch, owner, name, hits):
-    """Wrap owner.name so that its first call sends this process a real SIGINT, then does its work."""
+def interrupt_inside(monkeypatch, owner, name, hits, times):
+    """Wrap owner.name so that its first call sends this process `times` real SIGINTs, then does its work."""
     real = getattr(owner, name)
 
     def wrapped(*a, **kw):
         hits.append(name)
-        if len(hits) == 1:
+        for _ in range(times if len(hits) == 1 else 0):
             signal.raise_signal(signal.SIGINT)
         return real(*a, **kw)
 
@@ -92,13 +92,17 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
                                                                               tmp_path, monkeypatch):
     out, handler = tmp_path / "run", signal.getsignal(signal.SIGINT)
     argv = train_args(stories_dir, data_dir, out, *COMMON, "--save-every", "2")
-    # one session per place: validation (step 3), the state save (step 4), the best adapter's save (step 6)
-    for owner, name, step in [(train, "validation_loss", 3), (train, "save_state", 4), (adapters, "save_adapter", 6)]:
+    # one session per place: validation (step 3), the state save (step 4, Ctrl-C twice: step 4 is abandoned and
+    # the next session starts after step 3), the best adapter's save (step 6)
+    for owner, name, times, message in [(train, "validation_loss", 1, "interrupted after step 3;"),
+                                        (train, "save_state", 2, "stopped inside step 4, without saving it; the "
+                                                                 "state after step 3"),
+                                        (adapters, "save_adapter", 1, "interrupted after step 6;")]:
         hits = []
         with monkeypatch.context() as m:
-            interrupt_inside(m, owner, name, hits)
-            with pytest.raises(SystemExit, match=f"interrupted after step {step};"):
-                train.main(argv + (["--resume"] if step > 3 else []))
+            interrupt_inside(m, owner, name, hits, times)
+            with pytest.raises(SystemExit, match=message):
+                train.main(argv + (["--resume"] if name != "validation_loss" else []))
         assert hits[:1] == [name], f"the SIGINT was not sent inside {name}"
         assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is the user's again
     # the last session ended with the run's last step: resuming it (with the paths spelled differently) only
