@@ -140,7 +140,7 @@ class Config:
         for key, kind in (("num_key_value_heads", int), ("head_dim", int), ("max_position_embeddings", int),
                           ("rms_norm_eps", (int, float)), ("rope_theta", (int, float))):
             if d.get(key) is not None and (not isinstance(d[key], kind) or isinstance(d[key], bool)):
-                raise ValueError(f"config: field '{key}' is {d[key]!r}, not a number")
+                raise ValueError(f"config: field '{key}' is {d[key]!r}, not {'an integer' if kind is int else 'a number'}")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"config: hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
         if d.get("use_sliding_window"):

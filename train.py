@@ -236,7 +236,8 @@ class HeldInterrupt:
         self.pending, self.abandoned, self.previous = False, False, None
 
     def hold(self):
-        if threading.current_thread() is threading.main_thread():  # only there can a handler be set
+        # only the main thread can set a handler; a SIGINT ignored (nohup, a background job) stays ignored
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._note) or signal.default_int_handler
 
     def _note(self, signum, frame):
