@@ -20,7 +20,6 @@ import bench
 import cli
 import commonsense
 import eval as evaluate
-import prepare
 import train
 from conftest import HERE_FIXTURES, ROOT, shared
 from model import Transformer, load_safetensors
@@ -112,6 +111,19 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
     assert metrics["seconds"] == round(clock["seconds"], 1) > 0 and metrics["seconds_per_step"] > 0
     assert metrics["tokens_per_second"] == pytest.approx(straight[1]["tokens_per_second"], rel=0.9)
     assert_same_run(straight[0], out)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """Under nohup or as a background job SIGINT is ignored: holding it during a step must not undo that."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        held = train.HeldInterrupt()
+        held.hold()
+        signal.raise_signal(signal.SIGINT)
+        held.release()  # nothing held, nothing raised
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Killed(BaseException):
