@@ -10,6 +10,7 @@ with one line.
 Exit status: 2 for a wrong command line (argparse), 1 for a bad input, 130 for Ctrl-C.
 """
 import contextlib
+import signal
 import sys
 
 
@@ -24,9 +25,16 @@ def user_input(culprit=None):
 
 
 def run(main, argv=None):
-    """A tool's entry point: main(argv), with Ctrl-C outside the places that handle it as one line."""
+    """A tool's entry point: main(argv), with Ctrl-C outside the places that handle it as one line.
+
+    Without argv (the real command line, `if __name__ == "__main__"`) the process ends when main does,
+    and from then on Ctrl-C is ignored: it could only interrupt the interpreter's exit, with a traceback.
+    """
     try:
         return main(argv)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

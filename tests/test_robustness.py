@@ -438,12 +438,16 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 def run_as_script(tool, argv, monkeypatch):
     """What `python tool argv` exits with; an exception other than SystemExit is the traceback it would print."""
     monkeypatch.setattr(sys, "argv", [tool, *argv])
+    handler = signal.getsignal(signal.SIGINT)
     try:
         runpy.run_path(str(ROOT / tool), run_name="__main__")
     except SystemExit as e:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the process is ending: no Ctrl-C traceback now
         return e.code
     except KeyboardInterrupt:  # not left to reach pytest, which would take it for the user's and stop
         pytest.fail(f"{tool}: Ctrl-C ended in a traceback")
+    finally:
+        signal.signal(signal.SIGINT, handler)
     pytest.fail(f"{tool} did not exit")
 
 
