@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+import cli
 import commonsense
 import eval as evaluate
 
@@ -68,13 +69,19 @@ def main(argv=None, out=None):
     """Print the response as it is generated (to `out`, default stdout); return its token ids and text."""
     out = out or sys.stdout
     args = parse_args(argv)
-    try:
+    with cli.user_input():
         model, tokenizer, _ = evaluate.load(args)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    room = model.config.max_position_embeddings - args.max_new_tokens
+    if room < 2:
+        sys.exit(f"error: --max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's "
+                 f"{model.config.max_position_embeddings} positions")
     prompt = args.text if args.raw else commonsense.prompt({"instruction": args.text})
     device = model.model.embed_tokens.weight.device
-    ids = torch.tensor([tokenizer.encode(prompt, bos=tokenizer.add_bos)], device=device)
+    prompt_ids, cut = evaluate.keep_last(tokenizer.encode(prompt, bos=tokenizer.add_bos), room, tokenizer.add_bos)
+    if cut:
+        print(f"the prompt is longer than the model's {model.config.max_position_embeddings} positions less "
+              f"--max-new-tokens {args.max_new_tokens}: its first {cut} tokens were cut", file=sys.stderr)
+    ids = torch.tensor([prompt_ids], device=device)
     config_eos = model.config.eos_token_id
     eos = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
     eos |= set(config_eos) if isinstance(config_eos, list) else {config_eos} - {None}
@@ -99,4 +106,4 @@ def main(argv=None, out=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import adapters
+import cli
 from model import Transformer, load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -90,15 +91,13 @@ def main(argv=None):
         sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
     try:
         base = args.model or json.loads(config_file.read_text()).get("base_model_name_or_path")
-    except json.JSONDecodeError as e:
-        sys.exit(f"error: {config_file}: invalid JSON ({e})")
+    except (json.JSONDecodeError, AttributeError) as e:  # not JSON, or not an object
+        sys.exit(f"error: {config_file}: not a JSON adapter config ({e})")
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")
     start = time.time()
-    try:
+    with cli.user_input():  # a corrupt or mismatched file; an --out that exists or cannot be written
         info = merge_folder(adapter, base, args.out, DTYPES.get(args.dtype))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        sys.exit(f"error: {e}")
     s = info["settings"]
     print(f"merged {s['method']} r={s['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
           f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
@@ -107,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

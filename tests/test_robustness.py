@@ -20,6 +20,8 @@ import bench
 import cli
 import commonsense
 import eval as evaluate
+import generate
+import merge
 import train
 from conftest import HERE_FIXTURES, ROOT, shared
 from model import Transformer, load_safetensors
@@ -477,3 +479,56 @@ def test_ctrl_c_while_tokenizing_is_one_line(stories_dir, data_dir, tmp_path, mo
     code = run_as_script("train.py", train_args(stories_dir, data_dir, tmp_path / "run"), monkeypatch)
     assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
     assert list((tmp_path / "run").iterdir()) == []
+
+
+# -----------------------------------------------------------------------------
+# merge.py and generate.py
+
+@pytest.fixture(scope="module")
+def trained_adapter(stories_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter")
+    train.main(train_args(stories_dir, data_dir, out, "--method", "lora", "--max-steps", "1", "--val-size", "0"))
+    return out
+
+
+def test_merge_bad_output_folder_and_config_are_one_line(trained_adapter, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:  # --out inside a file: an OSError, today a traceback
+        cli.run(merge.main, ["--adapter", str(trained_adapter), "--out", str(tmp_path / "file" / "merged")])
+    assert e.value.code.startswith("error: ") and "file" in e.value.code
+    shutil.copytree(trained_adapter, tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_config.json").write_text("[]")
+    with pytest.raises(SystemExit) as e:
+        cli.run(merge.main, ["--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")])
+    assert e.value.code.startswith(f"error: {tmp_path / 'adapter' / 'adapter_config.json'}: not a JSON adapter config")
+
+
+def test_merge_and_generate_ctrl_c_is_one_line(trained_adapter, stories_dir, tmp_path, monkeypatch, capsys):
+    import model as model_module
+
+    def interrupting(real):
+        def wrapped(*a, **kw):
+            signal.raise_signal(signal.SIGINT)
+            return real(*a, **kw)
+        return wrapped
+
+    with monkeypatch.context() as m:  # while merge.py writes the weights
+        m.setattr(model_module, "save_safetensors", interrupting(model_module.save_safetensors))
+        code = run_as_script("merge.py", ["--adapter", str(trained_adapter), "--out", str(tmp_path / "merged")], m)
+    assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert not (tmp_path / "merged").exists()
+    with monkeypatch.context() as m:  # while generate.py generates
+        m.setattr(Transformer, "generate", interrupting(Transformer.generate))
+        code = run_as_script("generate.py", ["--model", str(stories_dir), "--device", "cpu", "Hi"], m)
+    assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_generate_cuts_a_prompt_longer_than_the_model(stories_dir, tokenizer_and_model, capsys):
+    tokenizer, model = tokenizer_and_model
+    text = " ".join(["Once upon a time there was a little dog who liked to run in the park."] * 60)
+    ids = tokenizer.encode(text, bos=True)
+    ids_out, _ = generate.main(["--model", str(stories_dir), "--raw", text, "--max-new-tokens", "4", "--device", "cpu"])
+    assert f"its first {len(ids) - 508} tokens were cut" in capsys.readouterr().err
+    kept = [ids[0]] + ids[len(ids) - 508 + 1:]
+    new = model.generate(torch.tensor([kept]), 4, eos_id=tokenizer.eos_id)[0, len(kept):].tolist()
+    assert ids_out == (new[:new.index(tokenizer.eos_id)] if tokenizer.eos_id in new else new)
