@@ -268,6 +268,9 @@ def folder_lock(out):
     run's: they are removed.
     """
     lock = out / ".lock"
+    if int(os.environ.get("RANK", "0")) > 0:  # a torchrun job's other processes: the first one holds the lock
+        yield
+        return
     with cli.user_input():
         out.mkdir(parents=True, exist_ok=True)
         for _ in range(2):

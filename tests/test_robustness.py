@@ -189,6 +189,14 @@ def test_a_second_writer_is_refused_with_one_line(stories_dir, data_dir, tmp_pat
         sleeper.wait()
 
 
+def test_only_the_first_process_of_a_torchrun_job_takes_the_lock(tmp_path, monkeypatch):
+    for rank, held in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with train.folder_lock(tmp_path / "run"):
+            assert (tmp_path / "run" / ".lock").exists() == held
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
 # -----------------------------------------------------------------------------
 # Smaller: metrics.json, the adapter's base model, the NaN stop's message
 
