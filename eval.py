@@ -23,6 +23,7 @@ from tqdm import tqdm
 import adapters
 import cli
 import commonsense
+import pera
 from model import Transformer
 from tokenizer import Tokenizer
 from train import check_vocabulary
@@ -221,8 +222,7 @@ def rank_report(model, settings):
         row = {"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
                "bound": min(bound, min(dw.shape))}
         if settings["method"] == "pera":
-            lora_part = layer.scaling * layer.B @ layer.A
-            row["polynomial_share"] = float((dw - lora_part).norm() / lora_part.norm()) if lora_part.any() else 0.0
+            row["polynomial_share"] = pera.polynomial_share(layer)
         rows.append(row)
     return rows
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 TERMS = ("all", "square", "cross")
+INITS = ("code", "paper")
 
 
 def multisets(r, size, first=0):
@@ -46,15 +47,26 @@ class PERALinear(nn.Module):
     triples in lexicographic order, and so on. "square" keeps the pure powers (all indices equal, e.g.
     b_i ⊙ b_i ⊙ b_i), "cross" every multiset with two or more distinct indices.
 
-    Init follows the authors' code, not the paper's text: A Kaiming-uniform, B = 0, h = 0. So a fresh
-    adapter changes nothing, and with h = 0 PERA is LoRA. alpha defaults to r, so s = 1, the value the
-    authors' code uses (it applies no scaling). Dropout acts on the adapter's input only. A, B, h are
-    float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base; the forward casts
-    B̂ and Â to the activation's dtype. model.to(torch.bfloat16) after injection converts A, B, h too, as it
-    converts every parameter: convert the model first, then inject.
+    init="code" (the default) follows the authors' code: A Kaiming-uniform, B = 0, h = 0. init="paper"
+    follows the paper's text: A = 0, B Gaussian, h = 0. The paper gives no std; we take 1/r, the std PEFT's
+    LoRA gives its Gaussian factor (init_lora_weights="gaussian"): it does not depend on the layer's width,
+    and it keeps the first steps tame, where N(0, 1) would not. Under Adam each entry of the zero factor
+    moves by about lr per step, so ΔW's entries first move by about lr/√r (paper) against lr·√(r/(3·in))
+    (code: A's std is 1/√(3·in)), about 10× more at r = 4, in = 576: the paper init also acts as a larger
+    learning rate for B A. Both start at ΔW = 0, so a fresh adapter changes nothing; with h = 0 PERA is LoRA.
+    Why h starts silent under either: ∂L/∂h_ij = s · (b_i ⊙ b_j)ᵀ G (a_i ⊙ a_j) with G = ∂L/∂ΔW is
+    quadratic in the factor that starts at zero (B for "code", A for "paper"), so it is 0 at step 0 and
+    grows only as the square of that factor's small first updates; the polynomial terms are h times those
+    squares again. The paper init's b_i ⊙ b_j ~ 1/r² is far larger than the code init's a_i ⊙ a_j ~ 1/(3·in),
+    hence h's larger gradient under it.
+
+    alpha defaults to r, so s = 1, the value the authors' code uses (it applies no scaling). Dropout acts
+    on the adapter's input only. A, B, h are float32 (float64 for a float64 base) on base.weight's device,
+    even for a bf16 base; the forward casts B̂ and Â to the activation's dtype. model.to(torch.bfloat16) after
+    injection converts A, B, h too, as it converts every parameter: convert the model first, then inject.
     """
 
-    def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2):
+    def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2, init="code"):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"PERALinear wraps an nn.Linear, got {type(base).__name__}")
@@ -66,6 +78,8 @@ class PERALinear(nn.Module):
             raise ValueError(f"terms must be one of {TERMS}, got {terms!r}")
         if not isinstance(degree, int) or degree < 2:
             raise ValueError(f"degree must be an integer >= 2 (degree 1 is LoRA: use lora.py), got {degree!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if terms == "cross" and rank == 1:
             raise ValueError("terms='cross' with rank 1 keeps no terms: cross terms need two distinct indices")
         self.base = base.requires_grad_(False)
@@ -74,6 +88,7 @@ class PERALinear(nn.Module):
         self.scaling = self.alpha / rank
         self.terms = terms
         self.degree = degree
+        self.init = init
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
         kept = []
@@ -85,10 +100,13 @@ class PERALinear(nn.Module):
         self._idx = None  # their tensor, built by `idx` on A's device
         w = base.weight
         dtype = torch.promote_types(w.dtype, torch.float32)
-        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
+        self.A = nn.Parameter(torch.zeros(rank, base.in_features, device=w.device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
         self.h = nn.Parameter(torch.zeros(len(kept), device=w.device, dtype=dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        if init == "code":  # the authors' code, LoRA's init: ΔW = 0 because B = 0
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        else:  # the paper's text: ΔW = 0 because A = 0
+            nn.init.normal_(self.B, std=1 / rank)
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
     @property
@@ -160,7 +178,23 @@ class PERALinear(nn.Module):
         return self.base.bias
 
     def extra_repr(self):
-        return f"r={self.r}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, P={len(self.h)}"
+        return (f"r={self.r}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, init={self.init!r}, "
+                f"P={len(self.h)}")
+
+
+@torch.no_grad()
+def polynomial_share(layer):
+    """‖ΔW − s·BA‖_F / ‖s·BA‖_F: how large the polynomial terms are next to LoRA's part (0 while B A = 0).
+
+    ΔW − s·BA = s · B̂[:, r:] Â[r:], so both norms come from (P, P) and (r, r) Gram matrices,
+    ‖X Y‖_F² = Σ (XᵀX) ⊙ (Y Yᵀ), in float64, never forming an (out, in) matrix: cheap enough to log every
+    step. The factors are built in the layer's own dtype (pass a float64 copy for a float64 figure).
+    """
+    B_hat, A_hat = (t.detach().double() for t in layer.expanded_factors())
+    r = layer.r
+    sq_norm = lambda X, Y: ((X.T @ X) * (Y @ Y.T)).sum()  # noqa: E731  ‖X Y‖_F²
+    lora_part = sq_norm(B_hat[:, :r], A_hat[:r])
+    return float((sq_norm(B_hat[:, r:], A_hat[r:]) / lora_part).sqrt()) if lora_part > 0 else 0.0
 
 
 def inject(model, rank, targets=TARGETS, **kw):
