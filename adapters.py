@@ -26,21 +26,25 @@ TENSOR_KEYS = {
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
 
-def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, terms="all", degree=2) -> dict:
-    """Everything that defines an adapter's shape and function, checked once."""
+def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, terms="all", degree=2, init="code",
+             h_lr_ratio=1.0) -> dict:
+    """Everything that defines an adapter's shape and function, checked once; for PERA also how it was
+    trained (its init and h's learning-rate ratio), which a reader of the adapter needs to know."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
     s = {"method": method, "rank": int(rank), "targets": list(targets), "dropout": float(dropout)}
     if method != "hira":  # HiRA has no alpha / r scaling
         s["alpha"] = float(alpha if alpha is not None else rank)
     if method == "pera":
-        s.update(terms=terms, degree=int(degree))
+        if init not in pera.INITS:
+            raise ValueError(f"unknown PERA init '{init}' (inits: {', '.join(pera.INITS)})")
+        s.update(terms=terms, degree=int(degree), init=init, h_lr_ratio=float(h_lr_ratio))
     return s
 
 
 def inject(model, s: dict) -> list:
     """Wrap the target linears of `model` with the method's adapter; freeze everything else."""
-    kw = {k: s[k] for k in ("alpha", "dropout", "terms", "degree") if k in s}
+    kw = {k: s[k] for k in ("alpha", "dropout", "terms", "degree", "init") if k in s}
     return METHODS[s["method"]].inject(model, s["rank"], targets=tuple(s["targets"]), **kw)
 
 
@@ -64,7 +68,8 @@ def peft_config(s: dict, base_model: str) -> dict:
     elif method == "hira":
         config.update(hira_dropout=s["dropout"], init_weights=True, rank_pattern={})
     else:
-        config.update(pera_alpha=s["alpha"], pera_dropout=s["dropout"], terms=s["terms"], degree=s["degree"])
+        config.update(pera_alpha=s["alpha"], pera_dropout=s["dropout"], terms=s["terms"], degree=s["degree"],
+                      init=s["init"], h_lr_ratio=s["h_lr_ratio"])
     return config
 
 
@@ -81,7 +86,8 @@ def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
     targets = [targets] if isinstance(targets, str) else targets
     return settings(method, config["r"], targets, alpha=config.get(f"{method}_alpha"),
                     dropout=config.get(f"{method}_dropout", 0.0), terms=config.get("terms", "all"),
-                    degree=config.get("degree", 2))
+                    degree=config.get("degree", 2), init=config.get("init", "code"),
+                    h_lr_ratio=config.get("h_lr_ratio", 1.0))
 
 
 def save_adapter(model, folder, s: dict, base_model: str):

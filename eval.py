@@ -202,6 +202,10 @@ def run_name(settings):
     name = f"{ {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA'}[settings['method']]} r={settings['rank']}"
     if settings["method"] == "pera" and settings["terms"] != "all":
         name += f" ({settings['terms']} only)"
+    if settings["method"] == "pera" and settings.get("init", "code") != "code":
+        name += f", {settings['init']} init"
+    if settings["method"] == "pera" and settings.get("h_lr_ratio", 1.0) != 1.0:
+        name += f", h lr ×{settings['h_lr_ratio']:g}"
     return name
 
 

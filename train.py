@@ -7,6 +7,9 @@ loss on the response, 120 held-out validation examples, AdamW with warm-up then 
 targets q, k, v, up, down. Writes to --out: the best adapter by validation loss in PEFT's layout
 (adapter_model.safetensors + adapter_config.json), args.json, log.jsonl (one line per step),
 metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly.
+For PERA, every --pera-log-every steps a log record also carries how much the polynomial terms carry:
+poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), h_max (max |h|) and h_grad_norm
+(‖∂L/∂h‖ before clipping); --init and --h-lr-ratio are the knobs of the PERA study (README).
 """
 import argparse
 import json
@@ -16,6 +19,7 @@ import random
 import re
 import signal
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -29,6 +33,7 @@ from tqdm import tqdm
 import adapters
 import cli
 import commonsense
+import pera
 from model import Transformer
 from tokenizer import Tokenizer
 
@@ -37,7 +42,8 @@ DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0}  # the HiRA authors'
 # Arguments that define a run: --resume refuses to continue a run with different ones.
 RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "targets", "lr",
                 "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
-                "cutoff", "weight_decay", "grad_clip")
+                "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio")
+RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0}  # what a run saved before these arguments existed used
 
 
 def parse_args(argv=None):
@@ -51,6 +57,13 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05; 0 for HiRA)")
     p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
     p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
+    p.add_argument("--init", choices=["code", "paper"], default="code",
+                   help="PERA's init: the authors' code (A Kaiming, B = 0) or the paper's text (A = 0, B Gaussian)")
+    p.add_argument("--h-lr-ratio", type=float, default=1.0,
+                   help="PERA: h's learning rate is this times --lr (its own AdamW group, same schedule)")
+    p.add_argument("--pera-log-every", type=int, default=5,
+                   help="PERA: log the polynomial share, max |h| and h's gradient norm every N steps (and at the "
+                        "last); one log costs about 1.3 %% of a SmolLM2-135M step")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, 1e-3 HiRA)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
@@ -88,6 +101,10 @@ def parse_args(argv=None):
         problems.append("--dropout must be in [0, 1)")
     if args.lr <= 0 or args.epochs <= 0 or args.val_size < 0 or args.warmup_steps < 0:
         problems.append("--lr and --epochs must be positive, --val-size and --warmup-steps not negative")
+    if args.h_lr_ratio <= 0 or args.pera_log_every < 1:
+        problems.append("--h-lr-ratio and --pera-log-every must be positive")
+    if args.method != "pera" and (args.init, args.h_lr_ratio) != (RUN_DEFAULTS["init"], RUN_DEFAULTS["h_lr_ratio"]):
+        problems.append(f"--init and --h-lr-ratio are PERA's (h is PERA's coefficient vector), not {args.method}'s")
     if problems:
         p.error("; ".join(problems))
     return args
@@ -217,6 +234,29 @@ def set_rng_state(s):
     random.setstate(s["python"])
     if s["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def optimizer_groups(model, args):
+    """AdamW's parameter groups: PERA's h gets its own, at h_lr_ratio × the schedule's lr (its "lr_ratio")."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if args.method != "pera" or args.h_lr_ratio == 1:
+        return [{"params": [p for _, p in trainable], "lr_ratio": 1.0}]
+    is_h = lambda n: n.rsplit(".", 1)[-1] == "h"  # noqa: E731
+    return [{"params": [p for n, p in trainable if not is_h(n)], "lr_ratio": 1.0},
+            {"params": [p for n, p in trainable if is_h(n)], "lr_ratio": args.h_lr_ratio}]
+
+
+def h_grad_norm(layers):
+    """‖∂L/∂h‖ over every PERA layer's h, as one vector (before clipping)."""
+    return torch.linalg.vector_norm(torch.stack([layer.h.grad.norm() for layer in layers])).item()
+
+
+@torch.no_grad()
+def pera_record(layers):
+    """How much PERA's polynomial terms carry now: the share ‖ΔW − sBA‖/‖sBA‖ per layer, and max |h|."""
+    shares = [pera.polynomial_share(layer) for layer in layers]
+    return {"poly_share_median": statistics.median(shares), "poly_share_max": max(shares),
+            "h_max": max(layer.h.abs().max().item() for layer in layers)}
 
 
 def on_step(step, record):
@@ -354,7 +394,7 @@ def run_training(args):
             saved = json.loads((out / "args.json").read_text())
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object of train.py's arguments")
-        changed = [k for k in RUN_DEFINING if not same_argument(k, saved.get(k), getattr(args, k))]
+        changed = [k for k in RUN_DEFINING if not same_argument(k, saved.get(k, RUN_DEFAULTS.get(k)), getattr(args, k))]
         if changed:
             sys.exit(f"error: --resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
                      f"saved run in {out}; resume with the same arguments")
@@ -377,7 +417,7 @@ def run_training(args):
         model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if on_cuda else torch.float32, device=device)
         check_vocabulary(tokenizer, model, model_dir)
         s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                              args.degree)
+                              args.degree, args.init, args.h_lr_ratio)
         adapters.inject(model, s)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -397,7 +437,8 @@ def run_training(args):
           + (f" (--warmup-steps {args.warmup_steps} capped at a tenth of this {total_steps}-step run)"
              if warmup < args.warmup_steps else ""))
 
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args), lr=args.lr, weight_decay=args.weight_decay)
+    pera_layers = list(adapters.adapter_layers(model, "pera").values()) if args.method == "pera" else []
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else (lambda: torch.autocast("cpu", enabled=False))
     step, best, history = 0, {"val_loss": math.inf, "step": None}, []
     clock = {"seconds": 0.0, "tokens": 0}  # of all sessions before this one
@@ -434,7 +475,7 @@ def run_training(args):
             batch = [train_set[i] for i in epoch_batches(lengths, args.batch_size, args.seed, epoch)[index]]
             lr = lr_at(step, args, total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_ratio", 1.0)
             n_labels = sum(sum(y != -100 for y in labels[1:]) for _, labels in batch)
             total_loss = 0.0
             for i in range(0, len(batch), args.micro_batch_size):
@@ -447,6 +488,8 @@ def run_training(args):
             train_loss = total_loss / n_labels
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"loss is {train_loss} at step {step + 1}")
+            log_pera = bool(pera_layers) and ((step + 1) % args.pera_log_every == 0 or step + 1 == total_steps)
+            h_grad = h_grad_norm(pera_layers) if log_pera else None
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip or math.inf).item()
             if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
@@ -457,6 +500,8 @@ def run_training(args):
             rng_at_step = rng_state()  # saved with the state, so a resumed run draws the same dropout masks
             record = {"step": step, "loss": round(train_loss, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
                       "time": round(time.time() - start_time, 2)}
+            if log_pera:
+                record.update(pera_record(pera_layers), h_grad_norm=h_grad)
             if step % args.eval_every == 0 or step == total_steps:
                 if val_set:
                     record["val_loss"] = round(validation_loss(model, val_set, args.micro_batch_size, pad_id, device,

@@ -1,0 +1,154 @@
+"""The PERA study's measurements beyond train.py and eval.py, and its table (study.sh runs it).
+
+    python study.py label-loss --adapter DIR     # validation loss on the answer label's tokens alone
+    python study.py table --lora DIR RUN...      # one row per run, compared with a LoRA run
+
+At this scale most of the response loss is the answer template ("the correct answer is ..."), which every
+method learns alike; label-loss scores only the label's tokens ("answer2", "true") of the same 120
+held-out validation examples train.py used (same tasks, seed, split and cutoff, read from args.json).
+table reads what the other scripts wrote into each run folder and adds, for loglik accuracy, a 95 %
+interval (normal approximation over all scored examples).
+"""
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import adapters
+import commonsense
+import train
+from model import Transformer
+from tokenizer import Tokenizer
+
+
+def common_prefix(a, b):
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def label_positions(tokenizer, record, bos, cutoff):
+    """(ids, labels) as train.py builds them, with every label but the answer label's own tokens masked.
+
+    The label's tokens are those of prompt + output from the first one that prompt + output-up-to-the-label
+    does not share (so a token merged across the boundary counts as the label's); a label cut off by the
+    response cutoff keeps only its tokens that training saw.
+    """
+    ids, labels = commonsense.encode_example(tokenizer, record, bos, prompt_cutoff=cutoff)
+    p, out = commonsense.prompt(record), record["output"]
+    full = tokenizer.encode(p + out, bos=bos)
+    n = common_prefix(tokenizer.encode(p, bos=bos), full)  # where the response starts (encode_example's split)
+    first = common_prefix(tokenizer.encode(p + out[:out.rindex(record["answer"])], bos=bos), full)
+    source = min(n, cutoff)  # prompt tokens kept in ids
+    response = len(ids) - source - (tokenizer.eos_id is not None)  # response tokens kept, end token left out
+    keep = range(source + first - n, source + min(len(full) - n, response))
+    return ids, [y if i in keep else -100 for i, y in enumerate(labels)]
+
+
+@torch.no_grad()
+def label_loss(adapter_dir, data=None, model_dir=None, batch_size=16):
+    saved = json.loads((Path(adapter_dir) / "args.json").read_text())
+    data, model_dir = data or saved["data"], Path(model_dir or saved["model"])
+    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+    tasks = commonsense.resolve_tasks(data, "train", saved["tasks"])
+    records = [r for t in tasks for r in commonsense.load_records(Path(data) / t / "train.json")]
+    random.Random(saved["seed"]).shuffle(records)  # train.load_examples' split
+    val = [label_positions(tokenizer, r, tokenizer.add_bos, saved["cutoff"]) for r in records[:saved["val_size"]]]
+    model = Transformer.from_pretrained(model_dir)
+    adapters.load_adapter(model, adapter_dir)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    n_tokens = sum(y != -100 for _, labels in val for y in labels[1:])
+    loss = train.validation_loss(model, val, batch_size, pad, torch.device("cpu"),
+                                 lambda: torch.autocast("cpu", enabled=False)) if n_tokens else None
+    result = {"label_val_loss": loss, "examples": len(val), "label_tokens": n_tokens}
+    adapters.write_json(Path(adapter_dir) / "label_val_loss.json", result)
+    return result
+
+
+def read(path, default=None):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def predictions(run, mode):
+    f = Path(run) / f"eval-{mode}" / "predictions.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else None
+
+
+def row(run, lora_predictions):
+    run = Path(run)
+    metrics, config = read(run / "metrics.json", {}), read(run / "adapter_config.json", {})
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").is_file() else []
+    logged = [r for r in log if "poly_share_median" in r]
+    ranks = read(run / "rank_report.json", [])
+    generate, loglik = read(run / "eval-generate" / "results.json"), read(run / "eval-loglik" / "results.json")
+    preds = predictions(run, "generate")
+    out = {"run": run.name, "init": config.get("init", "-"), "h_lr_ratio": config.get("h_lr_ratio", "-"),
+           "best_val_loss": metrics.get("best_val_loss"),
+           "label_val_loss": (read(run / "label_val_loss.json") or {}).get("label_val_loss"),
+           "poly_share_median": logged[-1]["poly_share_median"] if logged else None,
+           "poly_share_max": max(r["poly_share_max"] for r in logged) if logged else None,
+           "h_max": logged[-1]["h_max"] if logged else None,
+           "effective_rank": statistics.mean(r["effective_rank"] for r in ranks) if ranks else None,
+           "generate_accuracy": generate["average"] if generate else None,
+           "answers_differing_from_lora": (sum(a["output"] != b["output"] for a, b in zip(preds, lora_predictions))
+                                           if preds and lora_predictions and len(preds) == len(lora_predictions)
+                                           else None)}
+    if loglik:
+        n = sum(t["n"] for t in loglik["tasks"].values())
+        p = sum(t["correct"] for t in loglik["tasks"].values()) / n
+        out.update(loglik_accuracy=100 * p, loglik_n=n, loglik_ci95=100 * 1.96 * math.sqrt(p * (1 - p) / n))
+    return out
+
+
+def table(rows):
+    cols = [("run", "run", "{}"), ("init", "init", "{}"), ("h lr ×", "h_lr_ratio", "{}"),
+            ("val loss", "best_val_loss", "{:.4f}"), ("label val loss", "label_val_loss", "{:.4f}"),
+            ("poly share (median, last)", "poly_share_median", "{:.1e}"), ("poly share (max)", "poly_share_max", "{:.1e}"),
+            ("max abs h", "h_max", "{:.3g}"), ("eff. rank", "effective_rank", "{:.2f}"),
+            ("generate acc. (%)", "generate_accuracy", "{:.2f}"), ("answers ≠ LoRA", "answers_differing_from_lora", "{}")]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " | loglik acc. (%) ± 95 % |", "|" + "---|" * (len(cols) + 1)]
+    for r in rows:
+        cells = ["-" if r.get(k) is None else f.format(r[k]) for _, k, f in cols]
+        cells.append(f"{r['loglik_accuracy']:.2f} ± {r['loglik_ci95']:.2f} (n = {r['loglik_n']})"
+                     if "loglik_accuracy" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("label-loss", help="validation loss on the answer label alone; writes label_val_loss.json")
+    a.add_argument("--adapter", required=True)
+    a.add_argument("--data", default=None, help="default: the run's own --data")
+    a.add_argument("--model", default=None, help="default: the run's own --model")
+    t = sub.add_parser("table", help="the study's table; --json writes its rows")
+    t.add_argument("runs", nargs="+")
+    t.add_argument("--lora", required=True, help="the LoRA run the answers are compared with")
+    t.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.command == "label-loss":
+        if not (Path(args.adapter) / "args.json").is_file():
+            sys.exit(f"error: {args.adapter}: no args.json (a train.py output folder is needed)")
+        result = label_loss(args.adapter, args.data, args.model)
+        if result["label_val_loss"] is None:
+            print(f"{args.adapter}: no label token survives the response cutoff (a tokenizer that spells the "
+                  f"template in more than {commonsense.TARGET_CUTOFF} tokens); no label-only loss")
+        else:
+            print(f"{args.adapter}: label-only validation loss {result['label_val_loss']:.4f} "
+                  f"({result['examples']} examples, {result['label_tokens']} label tokens)")
+        return result
+    lora_predictions = predictions(args.lora, "generate")
+    rows = [row(r, lora_predictions) for r in [args.lora, *args.runs]]
+    print(table(rows))
+    if args.json:
+        adapters.write_json(args.json, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

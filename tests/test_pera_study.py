@@ -1,0 +1,166 @@
+"""train.py's PERA study flags (--init, --h-lr-ratio) and its log of the polynomial terms, on stories260K."""
+import json
+import statistics
+
+import pytest
+import torch
+
+import adapters
+import eval as evaluate
+import pera
+import train
+from model import Transformer
+from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
+
+
+def log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_init_and_h_lr_ratio_are_saved_resumed_and_read_back(stories_dir, data_dir, tmp_path, monkeypatch):
+    base = ["--method", "pera", "--max-steps", "4", "--lr", "1e-2", "--eval-every", "4", "--save-every", "2"]
+    common = base + ["--init", "paper", "--h-lr-ratio", "30"]
+    train.main(train_args(stories_dir, data_dir, tmp_path / "straight", *common))
+
+    def interrupt(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "on_step", interrupt)
+    with pytest.raises(SystemExit, match="interrupted after step 3"):
+        train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *common))
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "resumed" / "args.json").read_text())
+    assert saved["init"] == "paper" and saved["h_lr_ratio"] == 30
+    for changed, flag in [(["--init", "code", "--h-lr-ratio", "30"], "--init"),
+                          (["--init", "paper", "--h-lr-ratio", "1"], "--h-lr-ratio")]:  # run-defining: refused
+        with pytest.raises(SystemExit, match=f"{flag} differ"):
+            train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *base, *changed, "--resume"))
+    train.main(train_args(stories_dir, data_dir, tmp_path / "resumed", *common, "--resume"))
+    drop_time = lambda records: [{k: v for k, v in r.items() if k != "time"} for r in records]  # noqa: E731
+    assert drop_time(log(tmp_path / "straight")) == drop_time(log(tmp_path / "resumed"))
+
+    config = json.loads((tmp_path / "resumed" / "adapter_config.json").read_text())
+    assert config["init"] == "paper" and config["h_lr_ratio"] == 30
+    model = Transformer.from_pretrained(stories_dir)
+    s = adapters.load_adapter(model, tmp_path / "resumed")
+    assert s["init"] == "paper" and s["h_lr_ratio"] == 30
+    assert all(layer.init == "paper" for layer in adapters.adapter_layers(model, "pera").values())
+    assert evaluate.run_name(s) == "PERA r=4, paper init, h lr ×30"
+
+
+def test_a_run_saved_before_init_existed_resumes_with_the_defaults(stories_dir, data_dir, tmp_path, monkeypatch):
+    common = ["--method", "pera", "--max-steps", "2", "--lr", "1e-2", "--eval-every", "2", "--save-every", "1"]
+
+    def interrupt(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "on_step", interrupt)
+    with pytest.raises(SystemExit, match="interrupted after step 1"):
+        train.main(train_args(stories_dir, data_dir, tmp_path, *common))
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "args.json").read_text())
+    for key in ("init", "h_lr_ratio"):
+        del saved[key]
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    assert train.main(train_args(stories_dir, data_dir, tmp_path, *common, "--resume"))["steps"] == 2
+    with pytest.raises(SystemExit, match="--init differ"):
+        train.main(train_args(stories_dir, data_dir, tmp_path, *common, "--resume", "--init", "paper"))
+
+
+def test_h_group_lr_and_the_logged_polynomial_terms(stories_dir, data_dir, tmp_path, monkeypatch):
+    """One run: h's AdamW group runs at ratio × the schedule; the logged share, max |h| and ‖∂L/∂h‖ are the
+    helpers' values (the gradient norm before clipping, since clipping scales the gradients after)."""
+    seen, h_grads = [], []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, *a, **kw):
+            seen.append([(g["lr"], [tuple(p.shape) for p in g["params"]]) for g in self.param_groups])
+            return super().step(*a, **kw)
+
+    real = train.h_grad_norm
+
+    def spy(layers):
+        h_grads.append(torch.linalg.vector_norm(torch.cat([layer.h.grad for layer in layers])).item())
+        return real(layers)
+
+    monkeypatch.setattr(train.torch.optim, "AdamW", Recording)
+    monkeypatch.setattr(train, "h_grad_norm", spy)
+    args = train_args(stories_dir, data_dir, tmp_path, "--method", "pera", "--max-steps", "5", "--lr", "2e-2",
+                      "--eval-every", "5", "--h-lr-ratio", "100", "--pera-log-every", "2", "--grad-clip", "1e-3")
+    train.main(args)
+    parsed, records = train.parse_args(args), log(tmp_path)
+    assert len(seen) == 5
+    for step, groups in enumerate(seen):
+        (lr, shapes), (h_lr, h_shapes) = groups
+        assert lr == pytest.approx(train.lr_at(step, parsed, 5)) and h_lr == pytest.approx(100 * lr)
+        assert h_shapes == [(10,)] * len(h_shapes) and len(h_shapes) == len(shapes) // 2  # one h per layer
+        assert all(len(s) == 2 for s in shapes)  # A and B only
+    assert [r["lr"] for r in records] == [train.lr_at(i, parsed, 5) for i in range(5)]
+
+    # logged every 2 steps and at the last one
+    assert [("poly_share_median" in r, "h_grad_norm" in r) for r in records] == [(s in (2, 4, 5),) * 2
+                                                                                 for s in range(1, 6)]
+    assert [r["h_grad_norm"] for r in records if "h_grad_norm" in r] == pytest.approx(h_grads, rel=1e-6)
+    assert all(r["grad_norm"] > 1e-3 for r in records)  # every step was clipped, after h's norm was taken
+    model = Transformer.from_pretrained(stories_dir)
+    adapters.inject(model, adapters.settings("pera", 4))
+    params = dict(model.named_parameters())
+    for name, value in torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["trainable"].items():
+        params[name].data.copy_(value)  # the trainable tensors after the last step, the one logged last
+    layers = list(adapters.adapter_layers(model, "pera").values())
+    shares = [pera.polynomial_share(layer) for layer in layers]
+    last = records[-1]
+    assert last["poly_share_median"] == pytest.approx(statistics.median(shares), rel=1e-6)
+    assert last["poly_share_max"] == pytest.approx(max(shares), rel=1e-6) and max(shares) > 0
+    assert last["h_max"] == max(layer.h.abs().max().item() for layer in layers) > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "lora", "--init", "paper"], "are PERA's"),
+    (["--method", "hira", "--h-lr-ratio", "10"], "are PERA's"),
+    (["--h-lr-ratio", "0"], "--h-lr-ratio and --pera-log-every must be positive"),
+    (["--init", "kaiming"], "invalid choice"),
+])
+def test_bad_study_arguments_are_one_clear_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_path):
+    import study
+    from conftest import shared
+    from tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_file(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"))  # the study's
+    for task in ("boolq", "ARC-Easy", "openbookqa"):
+        for record in json.loads(shared("data", "commonsense", task, "train.json").read_text())[:5]:
+            ids, labels = study.label_positions(tokenizer, record, False, 256)
+            assert tokenizer.decode([y for y in labels if y != -100]).strip() == record["answer"]
+            full = train.commonsense.encode_example(tokenizer, record, False)
+            assert ids == full[0] and all(y in (-100, f) for y, f in zip(labels, full[1]))
+            _, cut = study.label_positions(tokenizer, record, False, 8)  # a cut prompt shifts nothing
+            assert [y for y in cut if y != -100] == [y for y in labels if y != -100]
+    out = tmp_path / "run"
+    train.main(train_args(stories_dir, data_dir, out, "--method", "pera", "--max-steps", "2", "--eval-every", "2"))
+    result = study.label_loss(out)
+    assert json.loads((out / "label_val_loss.json").read_text()) == result and result["examples"] == 16
+    assert 16 <= result["label_tokens"] and 0 < result["label_val_loss"] != json.loads(
+        (out / "metrics.json").read_text())["best_val_loss"]
+
+
+def test_study_table_counts_differing_answers_and_the_loglik_interval(tmp_path):
+    import study
+    for run, outputs, correct in [("lora", ["a", "b", "c", "d"], 250), ("pera", ["a", "x", "c", "y"], 300)]:
+        (tmp_path / run / "eval-generate").mkdir(parents=True)
+        (tmp_path / run / "eval-loglik").mkdir()
+        (tmp_path / run / "eval-generate" / "predictions.jsonl").write_text(
+            "".join(json.dumps({"output": o}) + "\n" for o in outputs))
+        (tmp_path / run / "eval-loglik" / "results.json").write_text(json.dumps(
+            {"tasks": {"boolq": {"n": 500, "correct": correct - 100}, "piqa": {"n": 500, "correct": 100}}}))
+    rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
+    assert [r["answers_differing_from_lora"] for r in rows] == [0, 2]
+    assert rows[1]["loglik_accuracy"] == pytest.approx(30.0) and rows[1]["loglik_n"] == 1000
+    assert rows[1]["loglik_ci95"] == pytest.approx(100 * 1.96 * (0.3 * 0.7 / 1000) ** 0.5)
+    assert "30.00 ± 2.84 (n = 1000)" in study.table(rows)
