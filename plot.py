@@ -132,8 +132,15 @@ def main(argv=None):
     series = log_series(args.logs, args.key, max(1, args.smooth))
     if not series:
         sys.exit(f"error: no record in {', '.join(args.logs)} has the key '{args.key}'")
-    if args.log_y and any(y <= 0 for s in series for y in s["y"]):
-        sys.exit(f"error: --log-y: '{args.key}' has values <= 0")
+    if args.log_y:  # a log axis cannot show 0 (e.g. the polynomial share while h is still 0): leave it out, say so
+        dropped = sum(y <= 0 for s in series for y in s["y"])
+        for s in series:
+            s["x"], s["y"] = [x for x, y in zip(s["x"], s["y"]) if y > 0], [y for y in s["y"] if y > 0]
+        series = [s for s in series if s["y"]]
+        if not series:
+            sys.exit(f"error: --log-y: every value of '{args.key}' is <= 0")
+        if dropped:
+            print(f"--log-y: left out {dropped} values <= 0 of '{args.key}'")
     title = args.title or f"{args.key} over training steps" + (f" (running mean of {args.smooth})" if args.smooth > 1 else "")
     Path(args.out).write_text(svg_plot(series, title=title, xlabel="step", ylabel=args.key, log_y=args.log_y))
     print(f"wrote {args.out}: {len(series)} runs")

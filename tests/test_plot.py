@@ -77,5 +77,12 @@ def test_log_files_become_one_line_per_run(tmp_path):
     assert set(lines) == {"lora", "pera"}
     assert plot.log_series(logs, "val_loss") == [{"label": "lora", "x": [3], "y": [0.5]},
                                                   {"label": "pera", "x": [3], "y": [0.25]}]
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "log.jsonl").write_text("".join(json.dumps({"step": i, "h_max": v}) + "\n"
+                                                      for i, v in [(1, 0.0), (2, 1e-3), (3, 1e-2)]))
+    plot.main([str(tmp_path / "h" / "log.jsonl"), "--key", "h_max", "--log-y", "--out", str(tmp_path / "h.svg")])
+    _, _, lines, ticks, _ = parse((tmp_path / "h.svg").read_text())
+    fx, fy = affine_from(ticks["xtick"]), affine_from(ticks["ytick"])
+    assert lines["h"] == [pytest.approx((fx(x), fy(y)), abs=0.011) for x, y in [(2, -3), (3, -2)]]  # 0 left out
     with pytest.raises(SystemExit, match="no record .* has the key 'h_max'"):
         plot.main([*logs, "--key", "h_max", "--out", str(tmp_path / "x.svg")])
