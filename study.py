@@ -2,6 +2,7 @@
 
     python study.py label-loss --adapter DIR     # validation loss on the answer label's tokens alone
     python study.py table --lora DIR RUN...      # one row per run, compared with a LoRA run
+    python study.py log-cost --json FILE         # what train.py's PERA log record costs next to a step
 
 At this scale most of the response loss is the answer template ("the correct answer is ..."), which every
 method learns alike; label-loss scores only the label's tokens ("answer2", "true") of the same 120
@@ -15,6 +16,7 @@ import math
 import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -119,6 +121,41 @@ def table(rows):
     return "\n".join(lines)
 
 
+def log_cost(model_dir, data, steps=3, rank=4, batch_size=16, repeats=20):
+    """Median seconds of a PERA training step (batch of the first training records, q/k/v/up/down) and of
+    the log record train.py adds (pera_record + h_grad_norm), measured in one process, interleaved."""
+    model_dir = Path(model_dir)
+    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+    model = Transformer.from_pretrained(model_dir)
+    adapters.inject(model, adapters.settings("pera", rank, dropout=0.05))
+    model.train()
+    layers = list(adapters.adapter_layers(model, "pera").values())
+    task = commonsense.resolve_tasks(data, "train", None)[0]
+    batch = [commonsense.encode_example(tokenizer, r, tokenizer.add_bos)
+             for r in commonsense.load_records(Path(data) / task / "train.json")[:batch_size]]
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    step_s, log_s = [], []
+    for _ in range(steps + 1):  # the first step warms up and is not counted
+        t0 = time.perf_counter()
+        loss, n = train.loss_sum(model, *train.collate(batch, pad, "cpu"))
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        t1 = time.perf_counter()
+        for _ in range(repeats):  # the record, with the gradients still there, as in train.py
+            train.h_grad_norm(layers)
+            train.pera_record(layers)
+        log_s.append((time.perf_counter() - t1) / repeats)
+        optimizer.zero_grad(set_to_none=True)
+        step_s.append(t1 - t0)
+    step, log = statistics.median(step_s[1:]), statistics.median(log_s[1:])
+    return {"model": str(model_dir), "rank": rank, "batch_size": batch_size, "layers": len(layers),
+            "step_seconds": step, "log_seconds": log, "log_percent_of_step": 100 * log / step,
+            "steps_measured": steps, "records_per_step": repeats}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,7 +167,20 @@ def main(argv=None):
     t.add_argument("runs", nargs="+")
     t.add_argument("--lora", required=True, help="the LoRA run the answers are compared with")
     t.add_argument("--json", default=None)
+    c = sub.add_parser("log-cost", help="what train.py's PERA log record costs next to a training step")
+    c.add_argument("--model", default="checkpoints/SmolLM2-135M-Instruct")
+    c.add_argument("--data", default="data/commonsense")
+    c.add_argument("--steps", type=int, default=3)
+    c.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.command == "log-cost":
+        result = log_cost(args.model, args.data, args.steps)
+        print(f"PERA r={result['rank']}, {result['layers']} layers, batch {result['batch_size']}: step "
+              f"{result['step_seconds']:.2f} s, log record {1e3 * result['log_seconds']:.1f} ms = "
+              f"{result['log_percent_of_step']:.2f} % of a step")
+        if args.json:
+            adapters.write_json(args.json, result)
+        return result
     if args.command == "label-loss":
         if not (Path(args.adapter) / "args.json").is_file():
             sys.exit(f"error: {args.adapter}: no args.json (a train.py output folder is needed)")

@@ -63,7 +63,7 @@ def parse_args(argv=None):
                    help="PERA: h's learning rate is this times --lr (its own AdamW group, same schedule)")
     p.add_argument("--pera-log-every", type=int, default=5,
                    help="PERA: log the polynomial share, max |h| and h's gradient norm every N steps (and at the "
-                        "last); one log costs 1.3-1.7 %% of a SmolLM2-135M step, so 0.3 %% at the default")
+                        "last); one record costs 0.5-1.3 %% of a SmolLM2-135M step (study.py log-cost)")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, 1e-3 HiRA)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
