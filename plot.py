@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import cli
+
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22", "#000000")
 WIDTH, HEIGHT = 720, 440
@@ -107,7 +109,12 @@ def log_series(files, key, smooth=1):
     smooth > 1 averages each point with the smooth − 1 recorded before it."""
     series = []
     for f in files:
-        records = [json.loads(line) for line in Path(f).read_text().splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(Path(f).read_text().splitlines(), 1):
+            try:
+                records += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: line {n} is not JSON ({e}); a run killed mid-write? --resume rewrites it") from None
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
         if not points:
             continue
@@ -129,7 +136,8 @@ def main(argv=None):
     missing = [f for f in args.logs if not Path(f).is_file()]
     if missing:
         sys.exit(f"error: no such log file: {missing[0]}")
-    series = log_series(args.logs, args.key, max(1, args.smooth))
+    with cli.user_input():  # a log that is not train.py's JSON lines
+        series = log_series(args.logs, args.key, max(1, args.smooth))
     if not series:
         sys.exit(f"error: no record in {', '.join(args.logs)} has the key '{args.key}'")
     if args.log_y:  # a log axis cannot show 0 (e.g. the polynomial share while h is still 0): leave it out, say so
@@ -142,9 +150,10 @@ def main(argv=None):
         if dropped:
             print(f"--log-y: left out {dropped} values <= 0 of '{args.key}'")
     title = args.title or f"{args.key} over training steps" + (f" (running mean of {args.smooth})" if args.smooth > 1 else "")
-    Path(args.out).write_text(svg_plot(series, title=title, xlabel="step", ylabel=args.key, log_y=args.log_y))
+    with cli.user_input():
+        Path(args.out).write_text(svg_plot(series, title=title, xlabel="step", ylabel=args.key, log_y=args.log_y))
     print(f"wrote {args.out}: {len(series)} runs")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

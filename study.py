@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import adapters
+import cli
 import commonsense
 import train
 from model import Transformer
@@ -184,7 +185,8 @@ def main(argv=None):
     if args.command == "label-loss":
         if not (Path(args.adapter) / "args.json").is_file():
             sys.exit(f"error: {args.adapter}: no args.json (a train.py output folder is needed)")
-        result = label_loss(args.adapter, args.data, args.model)
+        with cli.user_input():  # a run folder, data or model that cannot be read
+            result = label_loss(args.adapter, args.data, args.model)
         if result["label_val_loss"] is None:
             print(f"{args.adapter}: no label token survives the response cutoff (a tokenizer that spells the "
                   f"template in more than {commonsense.TARGET_CUTOFF} tokens); no label-only loss")
@@ -192,8 +194,9 @@ def main(argv=None):
             print(f"{args.adapter}: label-only validation loss {result['label_val_loss']:.4f} "
                   f"({result['examples']} examples, {result['label_tokens']} label tokens)")
         return result
-    lora_predictions = predictions(args.lora, "generate")
-    rows = [row(r, lora_predictions) for r in [args.lora, *args.runs]]
+    with cli.user_input():
+        lora_predictions = predictions(args.lora, "generate")
+        rows = [row(r, lora_predictions) for r in [args.lora, *args.runs]]
     print(table(rows))
     if args.json:
         adapters.write_json(args.json, rows)
@@ -201,4 +204,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -19,13 +19,13 @@ its figure depends on the step budget, not only on the method.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import cli
 import hira
 import lora
 import pera
@@ -214,12 +214,13 @@ def main(argv=None):
     print(f"Relative error ‖ΔW − T‖_F / ‖T‖_F, {out_features}x{in_features} targets, rank {args.rank}, "
           f"{args.steps} Adam steps at lr {args.lr:g}, seed {args.seed} (… = still falling: not converged)")
     print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    if args.svg:
-        plot(rows, args.svg)
+    with cli.user_input():  # an output path that cannot be written
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        if args.svg:
+            plot(rows, args.svg)
     return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main() and None)
+    cli.run(main)

@@ -469,6 +469,19 @@ def test_the_tools_print_one_error_line(tool, argv, message, monkeypatch):
     assert run_as_script(tool, argv, monkeypatch).startswith(message)
 
 
+def test_toy_plot_and_study_print_one_error_line(tmp_path, monkeypatch):
+    bad_log = tmp_path / "run" / "log.jsonl"
+    bad_log.parent.mkdir()
+    bad_log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # cut off by a kill
+    code = run_as_script("plot.py", [str(bad_log), "--out", str(tmp_path / "loss.svg")], monkeypatch)
+    assert code.startswith(f"error: {bad_log}: line 2 is not JSON") and not (tmp_path / "loss.svg").exists()
+    code = run_as_script("toy.py", ["--targets", "gaussian", "--size", "4x4", "--rank", "2", "--steps", "10",
+                                    "--json", str(tmp_path / "no" / "such" / "dir" / "toy.json")], monkeypatch)
+    assert code.startswith("error: ") and "toy.json" in code
+    code = run_as_script("study.py", ["label-loss", "--adapter", str(tmp_path / "nope")], monkeypatch)
+    assert code.startswith("error: ") and "args.json" in code
+
+
 def test_prepare_entry_point_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
     code = run_as_script("prepare.py", ["--gguf", str(tmp_path / "no.gguf"), "--out", str(tmp_path / "out")], monkeypatch)
     err = capsys.readouterr().err
