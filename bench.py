@@ -2,6 +2,9 @@
 
     python bench.py --model checkpoints/SmolLM2-135M-Instruct --ranks 4,16
     python bench.py --shape llama-3.2-1b --layers 4 --batch-size 4 --seq-len 256     # no weights needed
+    python bench.py --plan --shape llama-3-8b --method pera --micro-batch-size 4      # memory plan, nothing allocated
+    python bench.py --shape smollm2-135m --methods lora,pera --grad-checkpoint        # what checkpointing saves
+    python bench.py --host 170000      # train.py's host work per step;   --load-rss 1.0: loading a checkpoint
 
 All variants share one frozen base model (each adapter wraps the same nn.Linear objects) and run
 interleaved in one process, after warm-up rounds, so machine noise hits them alike; each figure is the
@@ -15,20 +18,29 @@ without adapters.
 """
 import argparse
 import json
+import math
 import multiprocessing
+import os
+import random
 import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from tqdm import tqdm
 
 import adapters
 import cli
-from model import Config, Transformer
-from train import loss_sum
+from model import Config, Transformer, save_safetensors
+from train import DEFAULT_DROPOUT, collate, epoch_batches, loss_sum
 
 # Public models' shapes, for machines without their weights (random initialisation; the cost is the same).
 SHAPES = {
@@ -37,6 +49,8 @@ SHAPES = {
     "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
                          rope_theta=500000.0),
+    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32),
     "llama-3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
     "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -64,10 +78,29 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="benchmark: each variant also with activation checkpointing; --plan: plan with it")
     p.add_argument("--json", help="also write the results to this file")
+    plan = p.add_argument_group("memory planner (--plan): what one training step needs, by part, without weights")
+    plan.add_argument("--plan", action="store_true", help="plan the memory of a train.py run instead of measuring")
+    plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in VARIANTS if m != 'none')}")
+    plan.add_argument("--rank", type=int, default=16)
+    plan.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward (default: --batch-size)")
+    plan.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="as train.py's --precision")
+    plan.add_argument("--dropout", type=float, default=None, help="adapter dropout (default: train.py's)")
+    plan.add_argument("--measure", action="store_true", help="also run the step for real on this CPU and compare")
+    plan.add_argument("--plan-grid", action="store_true", help="which methods fit on 24/48/80 GB for the papers' "
+                      "7-8B models at --rank, batch 16, micro-batch 1-16, with and without checkpointing")
+    other = p.add_argument_group("host work and loading")
+    other.add_argument("--host", type=int, metavar="N", help="time train.py's host work per step for N examples")
+    other.add_argument("--load-rss", type=float, metavar="GB", help="peak RSS loading a generated sharded bf16 "
+                                                                     "checkpoint of this size")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.methods = args.methods.split(",")
+    if (args.plan or args.plan_grid) and (args.method not in VARIANTS or args.method == "none"):
+        p.error(f"--method {args.method}: choose from {', '.join(m for m in VARIANTS if m != 'none')}")
+    args.micro_batch_size = args.micro_batch_size or args.batch_size
     unknown = [m for m in args.methods if m not in VARIANTS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -100,13 +133,16 @@ def build_model(args):
 
 
 def variant_list(args):
-    """(label, method, rank, extra arguments); "none" once, the others at every rank."""
+    """(label, method, rank, extra arguments); "none" once, the others at every rank; with --grad-checkpoint each
+    also as "<label>+ckpt", the same variant with activation checkpointing."""
     out = [("none", "none", 0, {})] if "none" in args.methods else []
     for r in args.ranks:
         for m in args.methods:
             method, kw = VARIANTS[m]
             if method != "none" and not (kw.get("terms") == "cross" and r == 1):
                 out.append((m, method, r, kw))
+    if getattr(args, "grad_checkpoint", False):
+        out += [(label + "+ckpt", method, r, kw) for label, method, r, kw in out if method != "none"]
     return out
 
 
@@ -146,6 +182,7 @@ class Variant:
 
     def __init__(self, model, label, method, rank, kw, args):
         self.label, self.method, self.rank = label, method, rank
+        self.checkpoint = label.endswith("+ckpt")
         self.layers = base_layers(model, args.targets) if method == "none" else make_adapters(model, method, rank, kw, args.targets)
         self.params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4) if self.params else None
@@ -155,6 +192,7 @@ class Variant:
 
 def training_step(model, variant, ids, labels, autocast):
     install(model, variant.layers)
+    model.grad_checkpoint = variant.checkpoint
     if variant.optimizer is None:  # "none": the frozen forward/backward every method pays, no update
         first = model.model.layers[0].input_layernorm.weight.requires_grad_(True)
     with autocast():
@@ -200,9 +238,344 @@ def _peak_probe(arg_dict, spec):
     return int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) / 1024
 
 
+# -----------------------------------------------------------------------------
+# The memory planner: the step is run on fake tensors (shapes and dtypes, no data), and every storage that
+# the forward and backward create is counted while it is alive.
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the storages created under it that are still alive (a view counts once), their peak, and
+    which storages were alive at the peak. Storages in `ignore` (the model's own weights) are not counted.
+    A storage is known by its address, which a later storage may reuse: each entry keeps a weak reference
+    that tells whether the storage it names is still the one alive."""
+
+    def __init__(self, ignore=()):
+        super().__init__()
+        self.ignore, self.live, self.now, self.peak, self.at_peak = set(ignore), {}, 0, 0, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key, entry = storage._cdata, self.live.get(storage._cdata)
+                if key not in self.ignore and (entry is None or entry[0].expired()):
+                    self.now += storage.nbytes() - (entry[1] if entry else 0)
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(key)[1]
+        if self.now > self.peak:
+            self.peak, self.at_peak = self.now, dict(self.live)
+        return out
+
+
+def plan_config(args) -> Config:
+    if args.model:
+        config = Config.from_hf(json.loads((Path(args.model) / "config.json").read_text()))
+    else:
+        config = Config(**SHAPES[args.shape])
+    if args.layers:
+        config.num_hidden_layers = args.layers
+    return config
+
+
+def fake_model(args, config, layers=None):
+    """The adapted model on fake tensors: parameters with shapes and dtypes, and no memory behind them."""
+    config = Config(**{**vars(config), "num_hidden_layers": layers or config.num_hidden_layers})
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if args.precision == "bf16" else torch.float32)  # the frozen base
+    try:
+        model = Transformer(config)
+    finally:
+        torch.set_default_dtype(default)
+    method, kw = VARIANTS[args.method]
+    dropout = DEFAULT_DROPOUT[method] if args.dropout is None else args.dropout
+    adapters.inject(model, adapters.settings(method, args.rank, args.targets, dropout=dropout, **kw))
+    model.grad_checkpoint = args.grad_checkpoint
+    return model.train()
+
+
+def traced_activations(args, config, layers):
+    """Peak bytes of one micro-batch's forward and backward, less the adapter's gradients alive at that peak."""
+    with FakeTensorMode():
+        model = fake_model(args, config, layers)
+        own = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+        ids = torch.randint(0, config.vocab_size, (args.micro_batch_size, args.seq_len))
+        k = args.loss_tokens or args.seq_len - 1
+        tracker = LiveBytes(ignore=own)
+        with tracker:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                h = model.hidden(ids)[:, -k - 1:-1]  # (B, k, d): the positions with a loss, as train.py's loss_sum
+                logits = model.logits(h.reshape(-1, h.size(-1))).float()  # (B k, vocab)
+                loss = F.cross_entropy(logits, ids[:, -k:].reshape(-1), reduction="sum")
+            (loss / logits.size(0)).backward()
+        grads = {p.grad.untyped_storage()._cdata for p in model.parameters() if p.grad is not None}
+        return tracker.peak - sum(n for key, (ref, n) in tracker.at_peak.items() if key in grads and not ref.expired())
+
+
+def plan(args, micro_batches=None, traced=None) -> dict:
+    """Memory of one train.py step by part. Activations are traced at one and two layers and extended to the
+    model's depth (every block saves the same; checkpointing keeps each block's input plus one block's work).
+    micro_batches: a list of micro-batch sizes, planned from traces at 1 and 2 (what a step keeps is per token,
+    or per step like HiRA's ΔW: linear in the micro-batch size); returns one plan per size."""
+    config = plan_config(args)
+    if micro_batches:
+        at = {(L, b): traced_activations(argparse.Namespace(**{**vars(args), "micro_batch_size": b}), config, L)
+              for L in (1, 2) for b in (1, 2)}
+        plans = []
+        for b in micro_batches:
+            one = at[1, 1] + (b - 1) * (at[1, 2] - at[1, 1])
+            two = at[2, 1] + (b - 1) * (at[2, 2] - at[2, 1])
+            plans.append(plan(argparse.Namespace(**{**vars(args), "micro_batch_size": b}), traced=(one, two)))
+        return plans
+    with FakeTensorMode():
+        model = fake_model(args, config)
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        weight_bytes = sum(p.numel() * p.element_size() for p in frozen)
+        n_trainable = sum(p.numel() for p in trainable)
+        trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    one, two = traced or (traced_activations(args, config, 1), traced_activations(args, config, 2))
+    activation_bytes = one + (config.num_hidden_layers - 1) * (two - one)
+    parts = {"weight_bytes": weight_bytes, "trainable_params": n_trainable, "trainable_bytes": trainable_bytes,
+             "grad_bytes": trainable_bytes,  # float32, like the parameters
+             "optimizer_bytes": 2 * trainable_bytes,  # AdamW's exp_avg and exp_avg_sq
+             "activation_bytes": activation_bytes}
+    parts["total_bytes"] = weight_bytes + 4 * trainable_bytes + activation_bytes
+    parts["activation_bytes_per_layer"] = two - one
+    return parts
+
+
+def measured_peak(args, malloc_default=False):
+    """Peak resident memory that two real steps add to a fresh process (this CPU), against the planner's total.
+
+    glibc's malloc keeps freed blocks of up to 32 MB in its heap for reuse, so resident memory grows past what
+    the live tensors hold; a fixed mmap threshold makes it hand every large tensor back on free, as a GPU
+    allocator hands it back to its pool. That is the figure compared with the plan; malloc_default=True
+    measures with glibc's defaults."""
+    ctx = multiprocessing.get_context("spawn")
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if not malloc_default:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)  # read by the child's glibc at its start
+    try:
+        with ctx.Pool(1) as pool:
+            return pool.apply(_measure_probe, (vars(args),))
+    finally:
+        if not malloc_default:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_") if saved is None else os.environ.update(MALLOC_MMAP_THRESHOLD_=saved)
+
+
+def rss_kb(field):
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def _measure_probe(arg_dict, warm_up=True):
+    args = argparse.Namespace(**arg_dict)
+    torch.manual_seed(0)
+    if warm_up:  # the same step on a tiny model first: the runtime's own buffers (thread pools, kernel caches)
+        tiny = {"shape": None, "model": None, "layers": None, "micro_batch_size": 1, "seq_len": 8, "loss_tokens": 4}
+        _measure_probe({**arg_dict, **tiny, "tiny": True}, warm_up=False)
+        Path("/proc/self/clear_refs").write_text("5")  # the peak resident size starts again from now
+    before = rss_kb("VmRSS")
+    config = Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2) if arg_dict.get("tiny") else plan_config(args)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    try:
+        with torch.device("meta"):
+            model = Transformer(config)
+        model = model.to_empty(device="cpu")  # weights without an initialisation pass (its values do not matter)
+        model.inv_freq = model.inv_freq.float()
+    finally:
+        torch.set_default_dtype(default)
+    method, kw = VARIANTS[args.method]
+    dropout = DEFAULT_DROPOUT[method] if args.dropout is None else args.dropout
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    adapters.inject(model, adapters.settings(method, args.rank, args.targets, dropout=dropout, **kw))
+    model.grad_checkpoint = args.grad_checkpoint
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    ids = torch.randint(0, config.vocab_size, (args.micro_batch_size, args.seq_len))
+    labels = ids.clone()
+    labels[:, :-(args.loss_tokens or args.seq_len)] = -100
+    for _ in range(2):  # the second step has AdamW's state and the gradients of the first
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss, n = loss_sum(model, ids, labels)
+        (loss / n).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (rss_kb("VmHWM") - before) * 1024
+
+
+def print_plan(args, parts):
+    gib = lambda n: f"{n / 2 ** 30:.2f} GiB"  # noqa: E731
+    print(f"memory plan: {args.model or args.shape}, {args.method} r={args.rank}, {args.precision}, batch "
+          f"{args.batch_size} in micro-batches of {args.micro_batch_size} x {args.seq_len} tokens, "
+          f"{'with' if args.grad_checkpoint else 'without'} activation checkpointing")
+    print("| part | size |\n|---|---|")
+    print(f"| frozen weights ({args.precision}) | {gib(parts['weight_bytes'])} |")
+    print(f"| trainable parameters ({parts['trainable_params']:,}, float32) | {gib(parts['trainable_bytes'])} |")
+    print(f"| their gradients (float32) | {gib(parts['grad_bytes'])} |")
+    print(f"| AdamW state (2 x float32) | {gib(parts['optimizer_bytes'])} |")
+    print(f"| activations at the peak (one micro-batch) | {gib(parts['activation_bytes'])} |")
+    print(f"| total | {gib(parts['total_bytes'])} |")
+    if "measured_bytes" in parts:
+        print(f"measured on this CPU: {gib(parts['measured_bytes'])} of peak resident memory added by the step "
+              f"(planned / measured = {parts['total_bytes'] / parts['measured_bytes']:.3f})")
+
+
+# -----------------------------------------------------------------------------
+# Host work per training step, and the memory of loading a big checkpoint.
+
+def host_time(args):
+    """train.py's host work per step for N synthetic examples: planning (once per epoch), picking the batch,
+    counting its loss tokens, collating its micro-batches and one .item() -- the model's work excluded."""
+    rng = random.Random(0)
+    examples = []
+    for _ in range(args.host):  # prompts of 40-256 tokens, responses of 5-17, as in the commonsense sets
+        n_prompt, n_response = rng.randint(40, 256), rng.randint(5, 17)
+        examples.append((list(range(n_prompt + n_response)), [-100] * n_prompt + list(range(n_response))))
+    lengths = [len(x) for x, _ in examples]
+    n_scored = [sum(y != -100 for y in labels[1:]) for _, labels in examples]
+    batch_size, micro = args.batch_size, args.micro_batch_size
+    clock = time.process_time  # this process's CPU time: the machine's other work does not count
+    start = clock()
+    plan_ = epoch_batches(lengths, batch_size, 42, 0)
+    plan_s = clock() - start
+    steps = min(len(plan_), 2000)
+    start = clock()
+    for index in range(steps):
+        batch = plan_[index]
+        n_labels = sum(n_scored[i] for i in batch)
+        mine = [examples[i] for i in batch]
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(0, len(mine), micro):
+            ids, labels = collate(mine[i:i + micro], 0, torch.device("cpu"))
+            total += (labels != -100).sum()  # stands in for the loss the model would compute
+        (total / n_labels).item()
+    step_s = (clock() - start) / steps
+    result = {"examples": args.host, "batch_size": batch_size, "micro_batch_size": micro,
+              "epoch_plan_ms": 1000 * plan_s, "steps_per_epoch": len(plan_),
+              "host_ms_per_step": 1000 * (step_s + plan_s / len(plan_)),
+              "host_ms_per_step_replanning_every_step": 1000 * (step_s + plan_s)}
+    print(f"host CPU time per step, {args.host:,} examples in batches of {batch_size} (micro-batches of {micro}): "
+          f"{result['host_ms_per_step']:.2f} ms with each epoch planned once ({result['epoch_plan_ms']:.0f} ms per "
+          f"plan, {len(plan_):,} steps per epoch); re-planning at every step would make it "
+          f"{result['host_ms_per_step_replanning_every_step']:.1f} ms")
+    return result
+
+
+def sharded_checkpoint(folder, target_bytes, shard_bytes=256 * 2 ** 20, d=2048):
+    """A random bf16 Llama-style checkpoint of about target_bytes, in shards, with its index and config."""
+    f = d * 11 // 4
+    layers = max(1, round((target_bytes / 2 - 2 * 32000 * d) / (4 * d * d + 3 * d * f)))
+    config = Config(vocab_size=32000, hidden_size=d, intermediate_size=f, num_hidden_layers=layers,
+                    num_attention_heads=d // 128, num_key_value_heads=d // 128)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config.to_hf()))
+    weight_map, shard, size, total = {}, {}, 0, 0
+    g = torch.Generator().manual_seed(0)
+
+    def flush():
+        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+        save_safetensors(shard, folder / name)
+        weight_map.update({k: name for k in shard})
+        shard.clear()
+
+    for k, shape in shapes.items():
+        t = torch.randn(shape, generator=g).to(torch.bfloat16)
+        if size and size + t.nbytes > shard_bytes:
+            flush()
+            size = 0
+        shard[k], size, total = t, size + t.nbytes, total + t.nbytes
+    flush()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                     "weight_map": weight_map}))
+    return total
+
+
+def loading_peak(folder, dtype):
+    """Peak resident memory that Transformer.from_pretrained(folder, dtype) adds to a fresh process."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_loading_probe, (str(folder), str(dtype).removeprefix("torch.")))
+
+
+def _loading_probe(folder, dtype, touch=True):
+    before = rss_kb("VmRSS")
+    model = Transformer.from_pretrained(folder, dtype=getattr(torch, dtype))
+    assert all(p.dtype == getattr(torch, dtype) for p in model.parameters())
+    if touch:  # read every weight once: memory-mapped pages become resident only when first used
+        with torch.no_grad():
+            sum(p.sum().item() for p in model.parameters())  # no float32 copy: summed as stored
+    return (rss_kb("VmHWM") - before) * 1024
+
+
+def load_rss(args):
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        total = sharded_checkpoint(Path(tmp) / "ckpt", int(args.load_rss * 1e9))
+        shards = len(list((Path(tmp) / "ckpt").glob("*.safetensors")))
+        result = {"checkpoint_bytes": total, "shards": shards}
+        for dtype in (torch.bfloat16, torch.float32):
+            peak = loading_peak(Path(tmp) / "ckpt", dtype)
+            name = str(dtype).removeprefix("torch.")
+            result[f"peak_rss_bytes_{name}"], result[f"peak_vs_checkpoint_{name}"] = peak, peak / total
+            print(f"loading a {total / 1e9:.2f} GB bf16 checkpoint in {shards} shards as {name}: peak RSS "
+                  f"+{peak / 1e9:.2f} GB = {peak / total:.2f} x the checkpoint"
+                  + (" (the float32 model itself is 2 x)" if dtype == torch.float32 else ""))
+    return result
+
+
+GPUS_GIB = (24, 48, 80)
+CUDA_RESERVE_GIB = 1.0  # the CUDA context and cuBLAS workspace, which the plan leaves out (an estimate)
+
+
+def plan_grid(args):
+    """For each 7-8B model, method and checkpointing: the largest micro-batch (of 1-16, batch 16) that fits."""
+    rows = []
+    combos = [(shape, m, ckpt) for shape in ("llama-2-7b", "llama-3-8b", "qwen2.5-7b") for m in ("lora", "hira", "pera")
+              for ckpt in (False, True)]
+    for shape, method, ckpt in tqdm(combos, desc="plans"):
+        a = argparse.Namespace(**{**vars(args), "shape": shape, "model": None, "layers": None, "method": method,
+                                  "grad_checkpoint": ckpt, "batch_size": 16})
+        for micro, parts in zip((1, 2, 4, 8, 16), plan(a, micro_batches=[1, 2, 4, 8, 16])):
+            rows.append({"shape": shape, "method": method, "grad_checkpoint": ckpt, "micro_batch_size": micro, **parts})
+    print(f"Largest micro-batch (of 1, 2, 4, 8, 16; batch 16) that fits, r={args.rank}, {args.precision}, "
+          f"{args.seq_len} tokens, planned total + {CUDA_RESERVE_GIB:.0f} GiB for CUDA itself; - = none fits")
+    print("| model | method | checkpointing | " + " | ".join(f"{g} GB" for g in GPUS_GIB) + " | total at micro-batch 1 / 16 |")
+    print("|---|---|---|" + "---|" * (len(GPUS_GIB) + 1))
+    for shape, method, ckpt in combos:
+        mine = [r for r in rows if (r["shape"], r["method"], r["grad_checkpoint"]) == (shape, method, ckpt)]
+        cells = []
+        for gib in GPUS_GIB:
+            fit = [r["micro_batch_size"] for r in mine if r["total_bytes"] / 2 ** 30 + CUDA_RESERVE_GIB <= gib]
+            cells.append(str(max(fit)) if fit else "-")
+        print(f"| {shape} | {method} | {'yes' if ckpt else 'no'} | {' | '.join(cells)} | "
+              f"{mine[0]['total_bytes'] / 2 ** 30:.1f} / {mine[-1]['total_bytes'] / 2 ** 30:.1f} GiB |")
+    return {"rows": rows, "gpus_gib": GPUS_GIB, "cuda_reserve_gib": CUDA_RESERVE_GIB}
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.targets = args.targets.split(",")
+    if args.plan_grid:
+        result = plan_grid(args)
+        if args.json:
+            adapters.write_json(args.json, {"args": vars(args), **result})
+        return result
+    if args.plan or args.host or args.load_rss:
+        result = plan(args) if args.plan else host_time(args) if args.host else load_rss(args)
+        if args.plan:
+            if args.measure:
+                result["measured_bytes"] = measured_peak(args)
+            print_plan(args, result)
+        if args.json:
+            adapters.write_json(args.json, {"args": vars(args), **result})
+        return result
     device = torch.device(args.device)
     with cli.user_input():  # a corrupt model folder
         model = build_model(args)
@@ -276,6 +649,15 @@ def report(variants, args, n_params):
               f"{r['step_ms']:.1f} | {r['tokens_per_s']:.0f} | {fmt(r['step_vs_lora'], '.3f')} | "
               f"{fmt(r['peak_mb'], '.0f')} | {fmt(r['peak_vs_lora'], '.3f')} | {r['merged_infer_ms']:.1f} | "
               f"{fmt(r['infer_vs_none'], '.3f')} |")
+    by_label = {(r["method"], r["rank"]): r for r in rows}
+    for r in rows:  # what checkpointing saves and costs, against the same variant without it
+        plain = by_label.get((r["method"].removesuffix("+ckpt"), r["rank"]))
+        if r["method"].endswith("+ckpt") and plain:
+            r["step_vs_no_ckpt"] = r["step_ms"] / plain["step_ms"]
+            r["peak_saved_mb"] = plain["peak_mb"] - r["peak_mb"] if r["peak_mb"] and plain["peak_mb"] else None
+            print(f"{r['method']} r={r['rank']}: activation checkpointing saves {fmt(r['peak_saved_mb'], '.0f')} MB of "
+                  f"peak memory ({fmt(plain['peak_mb'], '.0f')} -> {fmt(r['peak_mb'], '.0f')} MB) for "
+                  f"{r['step_vs_no_ckpt']:.3f} x the step time")
     print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
           f"{args.warmup} warm-up rounds")
     return rows

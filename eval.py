@@ -12,11 +12,13 @@ and effective rank of every adapted layer's ΔW; --table prints earlier results.
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -26,7 +28,7 @@ import commonsense
 import pera
 from model import Transformer
 from tokenizer import Tokenizer
-from train import check_vocabulary
+from train import check_vocabulary, setup_distributed
 
 
 def parse_args(argv=None):
@@ -262,6 +264,9 @@ def main(argv=None):
             for t in tasks:
                 data[t] = commonsense.load_records(Path(args.data) / t / "test.json")[:args.limit]
                 commonsense.check_gold(t, data[t], Path(args.data) / t / "test.json")
+    # under torchrun every process answers every world-th example of each task and the first writes them all
+    rank, world, device = setup_distributed(torch.device(args.device))
+    args.device = str(device)
     with cli.user_input():  # a corrupt model, tokenizer or adapter file; an adapter of another base model
         model, tokenizer, settings = load(args)
     if args.mode == "generate" and args.max_new_tokens >= model.config.max_position_embeddings:
@@ -275,19 +280,26 @@ def main(argv=None):
 
     out = Path(args.out or Path(args.adapter or "runs/zero-shot") / f"eval-{args.mode}")
     with cli.user_input():
-        out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
     result = {"name": run_name(settings), "model": str(args.model), "adapter": args.adapter, "mode": args.mode,
               "merged": args.merge, "limit": args.limit, "tasks": {}}
     if args.adapter and (Path(args.adapter) / "metrics.json").is_file():
         result["trainable_percent"] = json.loads((Path(args.adapter) / "metrics.json").read_text()).get("trainable_percent")
     start = time.time()
-    with open(out / "predictions.jsonl.tmp", "w") as f, tqdm(total=sum(map(len, data.values())), desc=args.mode) as bar:
+    with open(out / "predictions.jsonl.tmp", "w") if rank == 0 else open(os.devnull, "w") as f, \
+            tqdm(total=sum(len(r[rank::world]) for r in data.values()), desc=args.mode, disable=rank != 0) as bar:
         for task, records in data.items():
             bar.set_postfix(task=task)
+            mine = records[rank::world]
             if args.mode == "generate":
-                answers = generate_answers(model, tokenizer, task, records, args.batch_size, args.max_new_tokens, bar)
+                answers = generate_answers(model, tokenizer, task, mine, args.batch_size, args.max_new_tokens, bar)
             else:
-                answers = loglik_answers(model, tokenizer, task, records, args.batch_size, bar)
+                answers = loglik_answers(model, tokenizer, task, mine, args.batch_size, bar)
+            if world > 1:  # each process's answers, put back in the examples' order
+                shards = [None] * world
+                dist.all_gather_object(shards, answers)
+                answers = [shards[i % world][i // world] for i in range(len(records))]
             correct = failures = 0
             for i, (r, a) in enumerate(zip(records, answers)):
                 gold = commonsense.gold_answer(task, r)
@@ -297,6 +309,10 @@ def main(argv=None):
             result["tasks"][task] = {"accuracy": 100 * correct / len(records), "correct": correct,
                                      "n": len(records), "parse_failures": failures,
                                      "prompts_cut": sum(a["tokens_cut"] > 0 for a in answers)}
+    if world > 1:
+        dist.destroy_process_group()
+    if rank != 0:
+        return None
     (out / "predictions.jsonl.tmp").replace(out / "predictions.jsonl")
     result["average"] = sum(t["accuracy"] for t in result["tasks"].values()) / len(result["tasks"])
     n = sum(t["n"] for t in result["tasks"].values())

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # -----------------------------------------------------------------------------
 # safetensors: 8-byte little-endian header length, a JSON header, then the raw tensor bytes.
@@ -322,6 +323,7 @@ class Transformer(nn.Module):
         # With tied embeddings the output projection IS the embedding matrix: no lm_head.weight exists.
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self.grad_checkpoint = False  # True: keep only each block's input, recompute the block in the backward pass
 
     def hidden(self, idx, attention_mask=None, cache: KVCache | None = None):
         """The final normalised hidden states (B, T, d) of tokens idx (B, T).
@@ -346,7 +348,12 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(idx)
         cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]  # (B, 1, T, hd)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache)
+            if self.grad_checkpoint and torch.is_grad_enabled() and cache is None:
+                # activation checkpointing: memory for one block's activations instead of every block's, for
+                # a second forward of each block (non-reentrant: dropout masks and gradients are the same)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
         if cache is not None:
             cache.length += T
         return self.model.norm(x)

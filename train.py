@@ -12,6 +12,7 @@ poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layer
 (‖∂L/∂h‖ before clipping); --init and --h-lr-ratio are the knobs of the PERA study (README).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -42,8 +45,9 @@ DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0}  # the HiRA authors'
 # Arguments that define a run: --resume refuses to continue a run with different ones.
 RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "targets", "lr",
                 "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
-                "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio")
+                "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio", "train_file", "precision")
 RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0}  # what a run saved before these arguments existed used
+TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight tasks' training data, as the papers use
 
 
 def parse_args(argv=None):
@@ -51,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="checkpoints/SmolLM2-135M-Instruct", help="Hugging Face model folder")
     p.add_argument("--data", default="data/commonsense", help="folder of <task>/train.json files")
     p.add_argument("--tasks", default=None, help="comma-separated training tasks (default: every train set present)")
+    p.add_argument("--train-file", default=None, help=f"one JSON file of training records, 'none' for the per-task "
+                   f"sets (default: <data>/{TRAIN_MIX} when present and --tasks is not given)")
     p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
     p.add_argument("--rank", type=int, default=16, help="r")
     p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA scaling is alpha / r (default alpha = r)")
@@ -82,6 +88,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=None, help="output folder (default: runs/<method>-r<rank>)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                   help="bf16: frozen base in bf16 under autocast, adapters and AdamW in float32 (default on CUDA); "
+                        "fp32: everything float32 (default on CPU)")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each transformer block in the backward pass: less memory, ~1/3 more compute")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     args = p.parse_args(argv)
 
@@ -91,6 +102,13 @@ def parse_args(argv=None):
     args.save_every = args.save_every or args.eval_every
     args.out = args.out or f"runs/{args.method}-r{args.rank}"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
+    if args.train_file == "none":
+        args.train_file = None
+    elif args.train_file is None and args.tasks is None and (Path(args.data) / TRAIN_MIX).is_file():
+        args.train_file = str(Path(args.data) / TRAIN_MIX)
+    elif args.train_file is not None and args.tasks is not None:
+        p.error("--train-file and --tasks exclude each other")
     problems = [f"--{name} must be positive" for name in ("rank", "batch_size", "micro_batch_size", "eval_every")
                 if getattr(args, name) < 1]
     if args.batch_size % args.micro_batch_size:
@@ -113,15 +131,19 @@ def parse_args(argv=None):
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, grouped by length into batches.
 
-def load_examples(args, tokenizer, bos):
+def load_examples(args, tokenizer, bos, quiet=False):
     with cli.user_input():
-        tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
-        records = [r for t in tasks for r in commonsense.load_records(Path(args.data) / t / "train.json")]
+        if args.train_file:  # one file of all tasks' records (commonsense_170k)
+            tasks = [Path(args.train_file).stem]
+            records = commonsense.load_records(args.train_file)
+        else:
+            tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
+            records = [r for t in tasks for r in commonsense.load_records(Path(args.data) / t / "train.json")]
     random.Random(args.seed).shuffle(records)
     if len(records) <= args.val_size:
         sys.exit(f"error: only {len(records)} training records for {args.val_size} validation examples (--val-size)")
     encoded = [commonsense.encode_example(tokenizer, r, bos, args.train_on_inputs, prompt_cutoff=args.cutoff)
-               for r in tqdm(records, desc="tokenizing", leave=False)]
+               for r in tqdm(records, desc="tokenizing", leave=False, disable=quiet)]
     return tasks, encoded[args.val_size:], encoded[:args.val_size]
 
 
@@ -147,10 +169,8 @@ def collate(examples, pad_id, device):
     """Right-padded ids and labels (B, T). Padding sits after every real token, so the causal mask alone
     keeps it out of every real position's attention and no attention mask is needed."""
     T = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), T), -100, dtype=torch.long)
-    for row, (x, y) in enumerate(examples):
-        ids[row, :len(x)], labels[row, :len(y)] = torch.tensor(x), torch.tensor(y)
+    ids = torch.tensor([x + [pad_id] * (T - len(x)) for x, _ in examples])  # one tensor op each, not one per row
+    labels = torch.tensor([y + [-100] * (T - len(y)) for _, y in examples])
     return ids.to(device), labels.to(device)
 
 
@@ -167,14 +187,30 @@ def loss_sum(model, ids, labels):
     return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
 
 
+class LossOf(nn.Module):
+    """loss_sum as a module's forward, for DistributedDataParallel to wrap (its gradient hooks need its forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, labels):
+        return loss_sum(self.model, ids, labels)
+
+
 @torch.no_grad()
-def validation_loss(model, examples, micro_batch_size, pad_id, device, autocast):
+def validation_loss(model, examples, micro_batch_size, pad_id, device, autocast, rank=0, world=1):
+    """Mean loss per labelled token; with several processes each takes every world-th micro-batch."""
     model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(examples), micro_batch_size):
+    for i in range(rank * micro_batch_size, len(examples), world * micro_batch_size):
         with autocast():
             s, n = loss_sum(model, *collate(examples[i:i + micro_batch_size], pad_id, device))
         total, count = total + s.item(), count + n
+    if world > 1:
+        both = torch.tensor([total, count], dtype=torch.float64, device=device)
+        dist.all_reduce(both)
+        total, count = both.tolist()
     model.train()
     return total / max(count, 1)
 
@@ -196,11 +232,13 @@ def lr_at(step, args, total_steps):
 # -----------------------------------------------------------------------------
 # Resumable state: everything the next step depends on, written atomically.
 
-def save_state(path, step, model, optimizer, rng, best, history, clock):
+def save_state(path, step, model, optimizer, rng, best, history, clock, rng_ranks=None):
     """clock: {"seconds", "tokens"} of training so far, all sessions together (for metrics.json)."""
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     state = {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng,
              "best": best, "history": history, "clock": clock}
+    if rng_ranks is not None:  # a run of several processes: each one's RNG state, in rank order
+        state["rng_ranks"] = rng_ranks
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -261,6 +299,28 @@ def pera_record(layers):
 
 def on_step(step, record):
     """Called after every optimizer step with its log record (a seam for tests and extensions)."""
+
+
+def setup_distributed(device):
+    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one
+    process and nothing is set up. Several processes: one per GPU (nccl), or CPU processes (gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def gather_rng(world):
+    """Every process's RNG state (for dropout masks), in rank order; one process: its own only."""
+    if world == 1:
+        return None
+    states = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
 
 
 class HeldInterrupt:
@@ -394,6 +454,7 @@ def run_training(args):
             saved = json.loads((out / "args.json").read_text())
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object of train.py's arguments")
+        saved.setdefault("precision", args.precision)  # runs saved before --precision existed used the default
         changed = [k for k in RUN_DEFINING if not same_argument(k, saved.get(k, RUN_DEFAULTS.get(k)), getattr(args, k))]
         if changed:
             sys.exit(f"error: --resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
@@ -406,15 +467,23 @@ def run_training(args):
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    device = torch.device(args.device)
-    on_cuda = device.type == "cuda"
+    rank, world, device = setup_distributed(torch.device(args.device))
+    main_process = rank == 0  # only it prints, shows the progress bar and writes files
+    say = print if main_process else (lambda *a, **k: None)
+    if args.batch_size % world or (args.batch_size // world) % min(args.micro_batch_size, args.batch_size // world):
+        sys.exit(f"error: --batch-size ({args.batch_size}) must split into {world} equal shares, each a multiple of "
+                 f"--micro-batch-size ({args.micro_batch_size})")
+    share = args.batch_size // world  # examples of each global batch that this process takes
+    micro = min(args.micro_batch_size, share)
+    bf16 = args.precision == "bf16"
     model_dir = Path(args.model)
     if not (model_dir / "tokenizer.json").is_file():
         sys.exit(f"error: {model_dir}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
     with cli.user_input():  # a corrupt or mismatched model folder, an impossible adapter (--terms cross --rank 1)
         tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
-        # On a GPU the frozen base is bf16 and runs under bf16 autocast; adapter weights stay float32.
-        model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if on_cuda else torch.float32, device=device)
+        # bf16: the frozen base in bf16 under bf16 autocast (CUDA or CPU); adapter weights, grads and AdamW stay float32.
+        model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+        model.grad_checkpoint = args.grad_checkpoint
         check_vocabulary(tokenizer, model, model_dir)
         s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
                               args.degree, args.init, args.h_lr_ratio)
@@ -422,24 +491,33 @@ def run_training(args):
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
-    print(f"{args.method} r={args.rank}: trainable params {n_trainable:,} of {n_total:,} "
-          f"({100 * n_trainable / n_total:.4f}%)")
+    say(f"{args.method} r={args.rank}: trainable params {n_trainable:,} of {n_total:,} "
+        f"({100 * n_trainable / n_total:.4f}%)")
+    # Several processes: DDP averages the adapter's gradients over them after each global batch. Every process
+    # made the same adapter from the same seed, so no initial broadcast of the (large) frozen model is needed.
+    step_model = LossOf(model) if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        LossOf(model), broadcast_buffers=False, init_sync=False)
+    if world > 1:
+        torch.manual_seed(args.seed * 1000 + rank)  # each process its own dropout masks
+        say(f"{world} processes ({dist.get_backend()}), {share} examples of each batch of {args.batch_size} each")
 
     bos = tokenizer.add_bos
-    tasks, train_set, val_set = load_examples(args, tokenizer, bos)
+    say(f"training data: {args.train_file}" if args.train_file else
+        f"training data: the per-task train sets in {args.data} (no {TRAIN_MIX} there)")
+    tasks, train_set, val_set = load_examples(args, tokenizer, bos, quiet=not main_process)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
-    print(f"tasks {', '.join(tasks)}: {len(train_set):,} training / {len(val_set)} validation examples; "
-          f"{total_steps:,} steps of {args.batch_size} ({total_steps / steps_per_epoch:.2f} epochs)")
+    say(f"tasks {', '.join(tasks)}: {len(train_set):,} training / {len(val_set)} validation examples; "
+        f"{total_steps:,} steps of {args.batch_size} ({total_steps / steps_per_epoch:.2f} epochs)")
     warmup = warmup_steps(args.warmup_steps, total_steps)
-    print(f"warm-up: {warmup} step(s) to lr {args.lr:g}, then linear decay to 0"
+    say(f"warm-up: {warmup} step(s) to lr {args.lr:g}, then linear decay to 0"
           + (f" (--warmup-steps {args.warmup_steps} capped at a tenth of this {total_steps}-step run)"
              if warmup < args.warmup_steps else ""))
 
     optimizer = torch.optim.AdamW(optimizer_groups(model, args), lr=args.lr, weight_decay=args.weight_decay)
     pera_layers = list(adapters.adapter_layers(model, "pera").values()) if args.method == "pera" else []
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else (lambda: torch.autocast("cpu", enabled=False))
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     step, best, history = 0, {"val_loss": math.inf, "step": None}, []
     clock = {"seconds": 0.0, "tokens": 0}  # of all sessions before this one
     if args.resume:
@@ -449,12 +527,16 @@ def run_training(args):
         for n, t in state["trainable"].items():
             params[n].data.copy_(t)
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        # a run resumed with as many processes continues every process's dropout masks; otherwise the first
+        # process continues the saved first one's and the others start afresh (exact when dropout is 0)
+        ranks = state.get("rng_ranks")
+        set_rng_state(ranks[rank] if ranks and len(ranks) == world else state["rng"] if rank == 0 else rng_state())
         step, best, history = state["step"], state["best"], state["history"]
         clock = state.get("clock", clock)
-        (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))  # drop steps after the state
-        print(f"resuming {out} at step {step}")
-    else:
+        if main_process:
+            (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))  # drop later steps
+        say(f"resuming {out} at step {step}")
+    elif main_process:
         out.mkdir(parents=True, exist_ok=True)
         adapters.write_json(out / "args.json", vars(args))
         (out / "log.jsonl").write_text("")
@@ -464,7 +546,10 @@ def run_training(args):
     saved_step = step
 
     lengths = [len(ids) for ids, _ in train_set]
-    bar = tqdm(total=total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True)
+    n_scored = [sum(y != -100 for y in labels[1:]) for _, labels in train_set]  # loss positions per example
+    bar = tqdm(total=total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True,
+               disable=not main_process)
+    planned = None, None  # (epoch, its batches): each epoch is planned once
     start_time, tokens_seen, start_step = time.time(), 0, step
     rng_at_step, held = rng_state(), HeldInterrupt()
     clock_now = lambda: {"seconds": clock["seconds"] + time.time() - start_time,  # noqa: E731
@@ -472,20 +557,33 @@ def run_training(args):
     try:
         while step < total_steps:
             epoch, index = divmod(step, steps_per_epoch)
-            batch = [train_set[i] for i in epoch_batches(lengths, args.batch_size, args.seed, epoch)[index]]
+            if planned[0] != epoch:
+                planned = epoch, epoch_batches(lengths, args.batch_size, args.seed, epoch)
+            batch = planned[1][index]
             lr = lr_at(step, args, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_ratio", 1.0)
-            n_labels = sum(sum(y != -100 for y in labels[1:]) for _, labels in batch)
-            total_loss = 0.0
-            for i in range(0, len(batch), args.micro_batch_size):
-                ids, labels = collate(batch[i:i + args.micro_batch_size], pad_id, device)
-                with autocast():
-                    loss, _ = loss_sum(model, ids, labels)
-                (loss / n_labels).backward()  # the batch's mean over tokens, whatever the micro-batch size
-                total_loss += loss.item()
-            tokens_seen += sum(len(x) for x, _ in batch)  # real tokens, not padding
-            train_loss = total_loss / n_labels
+            n_labels = sum(n_scored[i] for i in batch)  # the global batch's, so the loss is its mean over tokens
+            mine = [train_set[i] for i in batch[rank * share:(rank + 1) * share]]
+            total_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync a step
+            for i in range(0, share, micro):
+                part = mine[i:i + micro]
+                if not part and world == 1:
+                    break
+                # every process runs as many micro-batches (DDP syncs on the last); one that has run out of
+                # examples (an epoch's last, short batch) runs a stand-in whose loss counts zero
+                ids, labels = collate(part or [train_set[batch[0]]], pad_id, device)
+                sync = world == 1 or i + micro >= share
+                with contextlib.nullcontext() if sync else step_model.no_sync():
+                    with autocast():
+                        loss, _ = step_model(ids, labels)
+                    loss = loss if part else loss * 0
+                    (loss * world / n_labels).backward()  # DDP averages over processes; the loss is their sum
+                total_loss += loss.detach()
+            if world > 1:
+                dist.all_reduce(total_loss)
+            tokens_seen += sum(lengths[i] for i in batch)  # real tokens, not padding
+            train_loss = total_loss.item() / n_labels
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"loss is {train_loss} at step {step + 1}")
             log_pera = bool(pera_layers) and ((step + 1) % args.pera_log_every == 0 or step + 1 == total_steps)
@@ -504,28 +602,36 @@ def run_training(args):
                 record.update(pera_record(pera_layers), h_grad_norm=h_grad)
             if step % args.eval_every == 0 or step == total_steps:
                 if val_set:
-                    record["val_loss"] = round(validation_loss(model, val_set, args.micro_batch_size, pad_id, device,
-                                                               autocast), 5)
+                    record["val_loss"] = round(validation_loss(model, val_set, micro, pad_id, device, autocast,
+                                                               rank, world), 5)
                 # the adapter kept is the best by validation loss (the latest, with no validation set)
                 if not val_set or record["val_loss"] < best["val_loss"]:
                     best = {"val_loss": record.get("val_loss", math.nan), "step": step}
-                    adapters.save_adapter(model, out, s, base_model=str(model_dir.resolve()))
-                tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {record.get('val_loss', math.nan):.4f}"
-                           + (" (best)" if best["step"] == step else ""))
+                    if main_process:
+                        adapters.save_adapter(model, out, s, base_model=str(model_dir.resolve()))
+                if main_process:
+                    tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss "
+                               f"{record.get('val_loss', math.nan):.4f}" + (" (best)" if best["step"] == step else ""))
             history.append(record)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if main_process:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
             elapsed = time.time() - start_time
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
             bar.update(1)
             on_step(step, record)
             if step % args.save_every == 0 or step == total_steps:
-                save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now())
+                rng_ranks = gather_rng(world)
+                if main_process:
+                    save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now(), rng_ranks)
                 saved_step = step
             held.release()  # a Ctrl-C held during the step is raised here, after its state
     except KeyboardInterrupt:
         held.release(raise_pending=False)
         bar.close()
+        if world > 1:  # the other processes' RNG states cannot be gathered now; the last saved state stands
+            sys.exit(f"\ninterrupted after step {step}; the state saved last in {state_file} (step {saved_step}) "
+                     f"is kept. Continue with the same arguments plus --resume.")
         if held.abandoned:
             sys.exit(f"\ninterrupted twice: stopped inside step {step}, without saving it; the state after step "
                      f"{saved_step} in {state_file} is kept. Continue with the same arguments plus --resume.")
@@ -558,10 +664,13 @@ def run_training(args):
                "seconds_this_session": round(elapsed, 1), "seconds": round(total["seconds"], 1),
                "seconds_per_step": round(total["seconds"] / max(1, step), 3),
                "tokens_per_second": round(total["tokens"] / max(total["seconds"], 1e-9), 1), "device": str(device)}
-    adapters.write_json(out / "metrics.json", metrics)
+    if main_process:
+        adapters.write_json(out / "metrics.json", metrics)
+    if world > 1:
+        dist.destroy_process_group()
     best_text = (f"best val loss {best['val_loss']:.4f} at step {best['step']}" if val_set else
                  f"no validation set, the adapter is step {best['step']}'s")
-    print(f"done: {step} steps, loss {metrics['mean_loss_first_10']:.4f} -> {metrics['mean_loss_last_10']:.4f} "
+    say(f"done: {step} steps, loss {metrics['mean_loss_first_10']:.4f} -> {metrics['mean_loss_last_10']:.4f} "
           f"(mean of first/last 10), {best_text}; adapter in {out}")
     return metrics
 

@@ -1,6 +1,7 @@
 """bench.py measures the right things: each variant is the method it names, on the shared frozen base."""
 import json
 
+import pytest
 import torch
 
 import bench
@@ -52,3 +53,43 @@ def test_merged_variant_computes_what_its_adapter_computes():
         bench.install(model, frozen)
         plain = model(ids)
     assert (adapted - merged).abs().max() < 1e-4 and (adapted - plain).abs().max() > 1e-2
+
+
+# -----------------------------------------------------------------------------
+# The memory planner against this CPU, and the memory of loading a sharded checkpoint.
+
+@pytest.mark.parametrize("extra", [["--method", "lora"], ["--method", "pera", "--grad-checkpoint"],
+                                   ["--method", "hira", "--micro-batch-size", "2"]])
+def test_planned_memory_is_within_15_percent_of_the_measured_peak(extra):
+    args = bench.parse_args(["--plan", "--shape", "smollm2-135m", "--layers", "6", "--rank", "16", "--batch-size", "4",
+                             "--seq-len", "128", "--precision", "fp32", *extra])
+    args.targets = args.targets.split(",")
+    parts = bench.plan(args)
+    measured = bench.measured_peak(args)
+    print(f"{extra}: planned {parts['total_bytes'] / 2 ** 20:.0f} MiB, measured {measured / 2 ** 20:.0f} MiB")
+    assert parts["total_bytes"] == (parts["weight_bytes"] + parts["trainable_bytes"] + parts["grad_bytes"]
+                                    + parts["optimizer_bytes"] + parts["activation_bytes"])
+    assert parts["activation_bytes"] > 0.3 * parts["total_bytes"]  # a test of the activations, not of the weights
+    assert abs(parts["total_bytes"] / measured - 1) < 0.15
+
+
+def test_planner_counts_the_papers_parameters_without_allocating():
+    args = bench.parse_args(["--plan", "--shape", "llama-3-8b", "--method", "pera", "--rank", "16"])
+    args.targets = args.targets.split(",")
+    with torch.device("meta"):
+        model = bench.Transformer(bench.Config(**bench.SHAPES["llama-3-8b"]))
+    n_base = sum(p.numel() for p in model.parameters())
+    layers = bench.base_layers(model, args.targets)
+    lora = sum(16 * (m.in_features + m.out_features) for m in layers.values())
+    parts = bench.plan(args)  # 8B parameters: this would need 16 GB if it allocated them
+    assert parts["trainable_params"] == lora + len(layers) * 16 * 17 // 2
+    assert parts["weight_bytes"] == 2 * n_base  # bf16
+    print(f"PERA r=16 on Llama-3-8B: {100 * parts['trainable_params'] / n_base:.4f}% trainable (the paper: 0.3515%)")
+
+
+def test_sharded_bf16_checkpoint_loads_without_a_float32_copy(tmp_path):
+    total = bench.sharded_checkpoint(tmp_path / "ckpt", 120e6, shard_bytes=24 * 2 ** 20, d=512)
+    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) >= 4
+    peak = bench.loading_peak(tmp_path / "ckpt", torch.bfloat16)
+    print(f"bf16 load of {total / 1e6:.0f} MB: peak RSS +{peak / 1e6:.0f} MB")
+    assert peak <= 1.3 * total

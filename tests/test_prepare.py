@@ -799,3 +799,30 @@ def test_real_smollm2_from_the_wheel_answers_paris(tmp_path):
     new = model.generate(torch.tensor([ids]), 12, eos_id=tokenizer.eos_id)[0, len(ids):].tolist()
     answer = tokenizer.decode([i for i in new if i != tokenizer.eos_id])
     assert "Paris" in answer, answer
+
+
+# -----------------------------------------------------------------------------
+# LLM-Adapters' commonsense_170k.json: beside dataset/ in the repository, resumable, size-checked.
+
+def test_train_mix_is_fetched_beside_the_dataset_folder_and_resumes(site, tmp_path, capsys):
+    body = records(40)
+    site.files["/repo/ft-training_set/commonsense_170k.json"] = body
+    assert prepare.train_mix_url("https://h/o/r/main/dataset") == "https://h/o/r/main/ft-training_set/commonsense_170k.json"
+    (tmp_path / "commonsense_170k.json.partial").write_bytes(body[:100])
+    assert prepare.prepare_train_mix(tmp_path, site.url + "/repo/dataset/", None)
+    assert site.requests == [("/repo/ft-training_set/commonsense_170k.json", "bytes=100-")]
+    assert (tmp_path / "commonsense_170k.json").read_bytes() == body
+    assert "train.py trains on it" in capsys.readouterr().out
+
+
+def test_train_mix_of_the_wrong_size_or_content_leaves_nothing(site, tmp_path, capsys):
+    site.files["/ft-training_set/commonsense_170k.json"] = records(5)
+    site.headers["/ft-training_set/commonsense_170k.json"] = {"X-Linked-Size": "7"}
+    assert not prepare.prepare_train_mix(tmp_path, site.url + "/dataset", None)
+    assert "size mismatch" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
+    site.headers.clear()
+    site.files["/ft-training_set/commonsense_170k.json"] = records(5, answer=None)
+    assert not prepare.prepare_train_mix(tmp_path, site.url + "/dataset", None)
+    out = capsys.readouterr().out
+    assert "record 4 has no string field 'answer'" in out and "per-task train sets" in out
+    assert list(tmp_path.iterdir()) == []
