@@ -1,33 +1,40 @@
-"""The three methods behind one name each, and their files on disk in Hugging Face PEFT's layout.
+"""The five methods behind one name each, and their files on disk in Hugging Face PEFT's layout.
 
-`adapter_model.safetensors` + `adapter_config.json`: for LoRA and HiRA the key names and config fields
-are PEFT's own (`base_model.model.<layer>.lora_A.weight`, `peft_type: "LORA"`; `...hira_A`,
-`peft_type: "HIRA"`), so `PeftModel.from_pretrained` loads them onto the transformers model. PEFT has
-no PERA; its files follow the same style with `peft_type: "PERA"` and `pera_A`, `pera_B`, `pera_h`.
+`adapter_model.safetensors` + `adapter_config.json`: for LoRA, HiRA and DoRA the key names and config
+fields are PEFT's own (`base_model.model.<layer>.lora_A.weight`, `peft_type: "LORA"`; `...hira_A`,
+`peft_type: "HIRA"`; DoRA is PEFT's LoRA with `use_dora: true` and a `...lora_magnitude_vector`), so
+`PeftModel.from_pretrained` loads them onto the transformers model. PEFT has no PERA and no LoRAN; their
+files follow the same style: `peft_type: "PERA"` with `pera_A`, `pera_B`, `pera_h`, and
+`peft_type: "LORAN"` with `loran_A`, `loran_B` and the `amplitude` and `omega` fields.
 """
 import json
 import os
 from pathlib import Path
 
+import dora
 import hira
 import lora
+import loran
 import pera
 from model import load_safetensors, save_safetensors
 
-METHODS = {"lora": lora, "hira": hira, "pera": pera}
-CLASSES = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear}
-PEFT_TYPES = {"lora": "LORA", "hira": "HIRA", "pera": "PERA"}
+METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran}
+CLASSES = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,
+           "loran": loran.LoRANLinear}
+PEFT_TYPES = {"lora": "LORA", "hira": "HIRA", "pera": "PERA", "dora": "LORA", "loran": "LORAN"}  # DoRA: LORA + use_dora
 # our parameter name -> the suffix PEFT gives it after the layer's name
 TENSOR_KEYS = {
     "lora": {"A": "lora_A.weight", "B": "lora_B.weight"},
     "hira": {"A": "hira_A", "B": "hira_B"},
     "pera": {"A": "pera_A", "B": "pera_B", "h": "pera_h"},
+    "dora": {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"},
+    "loran": {"A": "loran_A", "B": "loran_B"},
 }
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
 
 def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, terms="all", degree=2, init="code",
-             h_lr_ratio=1.0) -> dict:
+             h_lr_ratio=1.0, amplitude=5e-4, omega=1e3) -> dict:
     """Everything that defines an adapter's shape and function, checked once; for PERA also how it was
     trained (its init and h's learning-rate ratio), which a reader of the adapter needs to know."""
     if method not in METHODS:
@@ -39,12 +46,14 @@ def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, ter
         if init not in pera.INITS:
             raise ValueError(f"unknown PERA init '{init}' (inits: {', '.join(pera.INITS)})")
         s.update(terms=terms, degree=int(degree), init=init, h_lr_ratio=float(h_lr_ratio))
+    if method == "loran":
+        s.update(amplitude=float(amplitude), omega=float(omega))
     return s
 
 
 def inject(model, s: dict) -> list:
     """Wrap the target linears of `model` with the method's adapter; freeze everything else."""
-    kw = {k: s[k] for k in ("alpha", "dropout", "terms", "degree", "init") if k in s}
+    kw = {k: s[k] for k in ("alpha", "dropout", "terms", "degree", "init", "amplitude", "omega") if k in s}
     return METHODS[s["method"]].inject(model, s["rank"], targets=tuple(s["targets"]), **kw)
 
 
@@ -57,16 +66,18 @@ def adapter_layers(model, method) -> dict:
 
 
 def peft_config(s: dict, base_model: str) -> dict:
-    """adapter_config.json: PEFT's fields for its own types; the same style for PERA."""
+    """adapter_config.json: PEFT's fields for its own types; the same style for PERA and LoRAN."""
     method = s["method"]
     config = {"peft_type": PEFT_TYPES[method], "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
               "r": s["rank"], "target_modules": s["targets"], "inference_mode": True, "fan_in_fan_out": False,
               "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None}
-    if method == "lora":
+    if method in ("lora", "dora"):
         config.update(lora_alpha=s["alpha"], lora_dropout=s["dropout"], bias="none", init_lora_weights=True,
-                      use_dora=False, use_rslora=False, rank_pattern={}, alpha_pattern={})
+                      use_dora=method == "dora", use_rslora=False, rank_pattern={}, alpha_pattern={})
     elif method == "hira":
         config.update(hira_dropout=s["dropout"], init_weights=True, rank_pattern={})
+    elif method == "loran":
+        config.update(loran_alpha=s["alpha"], loran_dropout=s["dropout"], amplitude=s["amplitude"], omega=s["omega"])
     else:
         config.update(pera_alpha=s["alpha"], pera_dropout=s["dropout"], terms=s["terms"], degree=s["degree"],
                       init=s["init"], h_lr_ratio=s["h_lr_ratio"])
@@ -74,20 +85,25 @@ def peft_config(s: dict, base_model: str) -> dict:
 
 
 def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
-    method = {v: k for k, v in PEFT_TYPES.items()}.get(config.get("peft_type"))
+    method = {v: k for k, v in PEFT_TYPES.items() if k != "dora"}.get(config.get("peft_type"))
     if method is None:
-        raise ValueError(f"{path}: peft_type {config.get('peft_type')!r} is not one of {', '.join(PEFT_TYPES.values())}")
+        raise ValueError(f"{path}: peft_type {config.get('peft_type')!r} is not one of "
+                         f"{', '.join(dict.fromkeys(PEFT_TYPES.values()))}")
+    if method == "lora" and config.get("use_dora"):
+        method = "dora"
     for key in ("r", "target_modules"):
         if key not in config:
             raise ValueError(f"{path}: missing field '{key}'")
-    if method == "lora" and (config.get("use_dora") or config.get("use_rslora") or config.get("bias", "none") != "none"):
-        raise ValueError(f"{path}: DoRA, rsLoRA and bias training are not implemented here")
+    if method in ("lora", "dora") and (config.get("use_rslora") or config.get("bias", "none") != "none"):
+        raise ValueError(f"{path}: rsLoRA and bias training are not implemented here")
     targets = config["target_modules"]
     targets = [targets] if isinstance(targets, str) else targets
-    return settings(method, config["r"], targets, alpha=config.get(f"{method}_alpha"),
-                    dropout=config.get(f"{method}_dropout", 0.0), terms=config.get("terms", "all"),
+    prefix = "lora" if method == "dora" else method  # PEFT's DoRA keeps LoRA's field names
+    return settings(method, config["r"], targets, alpha=config.get(f"{prefix}_alpha"),
+                    dropout=config.get(f"{prefix}_dropout", 0.0), terms=config.get("terms", "all"),
                     degree=config.get("degree", 2), init=config.get("init", "code"),
-                    h_lr_ratio=config.get("h_lr_ratio", 1.0))
+                    h_lr_ratio=config.get("h_lr_ratio", 1.0), amplitude=config.get("amplitude", 5e-4),
+                    omega=config.get("omega", 1e3))
 
 
 def save_adapter(model, folder, s: dict, base_model: str):

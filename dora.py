@@ -1,0 +1,143 @@
+"""DoRA (Liu et al. 2024): weight-decomposed low-rank adaptation. A LoRA update sets the direction of each
+output row of the weight, and a trained magnitude vector its length.
+
+This file imports only torch and math, so it can be copied alone into another project:
+    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze everything else
+    ...train...
+    merge(model)                    # fold the updates in; plain nn.Linear layers again
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+
+
+class DoRALinear(nn.Module):
+    """W' = m ⊙ (W0 + s·B A) / ‖W0 + s·B A‖_row,   y = W' x + bias,   s = alpha / r   (DoRA paper Eq. 5).
+
+    Each output row i of the weight is split into a direction, row i of W0 + s·BA divided by its norm
+    n_i, and a magnitude m_i. m (out,) is trained and starts at ‖W0‖_row; A (r, in) starts Kaiming-uniform
+    and B (out, r) at zero, so a fresh adapter is the base layer exactly (m / n = 1). As the paper
+    suggests (§4.3) and PEFT does, n is treated as a constant: it follows A and B in the forward but is
+    detached from the gradient, so A and B learn through the LoRA path only.
+
+    The forward stays on the activation side: with g = m / n (out,),
+        y = g ⊙ (base(x) + s·B A x) + (1 − g) ⊙ bias   =   g ⊙ (W0 x + s·B A x) + bias,
+    one matmul with W0 and LoRA's two thin ones, never the (out, in) matrix W'. The row norms need no
+    (out, in) temporary either:
+        n² = ‖W0‖²_row + 2s·rowsum(B ⊙ (W0 Aᵀ)) + s²·rowsum((B (A Aᵀ)) ⊙ B),
+    an (out, r) product with W0 per step, independent of the number of tokens (PEFT instead builds
+    B A through an (in, in) identity and then W0 + s·BA, both (out, in)-sized or larger).
+
+    Dropout follows PEFT's rule (peft 0.21, DoraLinearVariant.forward): while training with dropout, both
+    correction terms see the dropped input x' = dropout(x) and the base sees x,
+        y = base(x) + (g − 1) ⊙ (W0 x') + g ⊙ s·B A x',
+    which costs a second matmul with W0. In eval mode, or with dropout 0, x' = x and this is the
+    one-matmul form above.
+
+    A, B and m are float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base;
+    the norms are computed in float32 and the forward casts to the activation's dtype, as lora.py does.
+    """
+
+    def __init__(self, base, rank, alpha=None, dropout=0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"DoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.base = base.requires_grad_(False)
+        self.r = rank
+        self.alpha = rank if alpha is None else alpha
+        self.scaling = self.alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        w = base.weight
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        # With B = 0 the norm below is ‖W0‖_row, computed the way the forward computes it: m / n is exactly 1.
+        self.m = nn.Parameter(self.weight_norm())
+
+    @torch.no_grad()
+    def weight_norm(self):
+        """n = ‖W0 + s·B A‖ per output row (out,), detached, in float32 (float64 for a float64 adapter)."""
+        dtype = torch.promote_types(self.A.dtype, torch.float32)
+        W0, A, B, s = self.base.weight, self.A.to(dtype), self.B.to(dtype), self.scaling
+        with torch.autocast(W0.device.type, enabled=False):
+            w0_sq = torch.linalg.vector_norm(W0, dim=1, dtype=dtype) ** 2  # (out,)
+            # W0 Aᵀ (out, r) in W0's own dtype: a bf16 W0 is not copied to a float32 (out, in) matrix.
+            w0_at = F.linear(W0, A.to(W0.dtype)).to(dtype)
+            cross = (B * w0_at).sum(1)  # rowsum(B ⊙ W0 Aᵀ) = Σ_j W0_ij (BA)_ij
+            square = ((B @ (A @ A.T)) * B).sum(1)  # rowsum(B AAᵀ ⊙ B) = ‖(BA)_i‖²
+            return (w0_sq + 2 * s * cross + s * s * square).clamp_min(0).sqrt()
+
+    def forward(self, x):
+        A, B = self.A.to(x.dtype), self.B.to(x.dtype)
+        g = self.m / self.weight_norm()  # (out,): m / n, with n a constant for autograd
+        if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule, see the docstring
+            x_ = self.dropout(x)
+            y = self.base(x)
+            g = g.to(y.dtype)
+            return y + (g - 1) * F.linear(x_, self.base.weight) + g * F.linear(self.scaling * F.linear(x_, A), B)
+        y = self.base(x)
+        g = g.to(y.dtype)
+        u = y + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
+        if self.base.bias is None:
+            return g * u
+        return torch.addcmul((1 - g) * self.base.bias.to(y.dtype), g, u)  # g ⊙ u + (1 − g) ⊙ bias
+
+    def delta_weight(self):
+        """ΔW = W' − W0 = (m / n) ⊙ (W0 + s·B A) − W0, shaped like base.weight, in float32 (float64 for a
+        float64 adapter) even under autocast. Full-rank in general: (m/n − 1) ⊙ W0 is W0 rescaled row by row."""
+        dtype = torch.promote_types(self.A.dtype, torch.float32)
+        with torch.autocast(self.A.device.type, enabled=False):
+            W0 = self.base.weight.to(dtype)
+            direction = W0 + self.scaling * (self.B.to(dtype) @ self.A.to(dtype))
+            return (self.m.to(dtype) / self.weight_norm()).unsqueeze(1) * direction - W0
+
+    @torch.no_grad()
+    def merge(self):
+        """A new frozen nn.Linear with weight W0 + ΔW (summed in float32, then rounded once to W0's dtype).
+
+        The adapter itself is left as it was; there is no unmerge, keep the adapter if you need it again.
+        """
+        base = self.base
+        merged = torch.nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None,
+                                          device=base.weight.device, dtype=base.weight.dtype)
+        merged.weight.copy_(base.weight + self.delta_weight())
+        if base.bias is not None:
+            merged.bias.copy_(base.bias)
+        return merged.requires_grad_(False)
+
+    def extra_repr(self):
+        return f"r={self.r}, alpha={self.alpha}"
+
+
+def inject(model, rank, targets=TARGETS, **kw):
+    """Wrap every nn.Linear named `target` or `*.target` in DoRALinear, freeze all else; return the wrapped names."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
+    adapters = [DoRALinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
+    model.requires_grad_(False)
+    for name, adapter in zip(names, adapters):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, adapter)
+    return names
+
+
+def merge(model):
+    """Replace every DoRALinear in `model` by its merged nn.Linear, in place; return the model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, DoRALinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.merge())
+    return model
