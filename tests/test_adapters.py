@@ -1,8 +1,10 @@
-"""The identities the LoRA, HiRA and PERA papers state, checked numerically on lora.py, hira.py, pera.py.
+"""The identities the LoRA, HiRA, PERA, DoRA and LoRAN papers state, checked numerically on lora.py, hira.py,
+pera.py, dora.py and loran.py.
 
 Each test would fail if the code computed something else: ΔW against the paper's sums written out term
 by term, the efficient forward and its gradients against x @ ΔW^T, merged layers against adapted ones,
-ranks against the papers' bounds, and the injection into model.py's Transformer.
+ranks against the papers' bounds, DoRA against PEFT's computation written out, and the injection into
+model.py's Transformer.
 """
 import copy
 
@@ -12,17 +14,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import dora
 import hira
 import lora
+import loran
 import pera
 from model import Config, Transformer
 
-METHODS = {"lora": lora, "hira": hira, "pera": pera}
-ADAPTER = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear}
+METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran}
+ADAPTER = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,
+           "loran": loran.LoRANLinear}
+TRAINABLE = {"lora": {"A", "B"}, "hira": {"A", "B"}, "pera": {"A", "B", "h"}, "dora": {"A", "B", "m"},
+             "loran": {"A", "B"}}
 # (method, extra arguments): every variant the properties below must hold for
 CASES = [("lora", {}), ("lora", {"alpha": 8}), ("hira", {}), ("pera", {}), ("pera", {"alpha": 2}),
          ("pera", {"terms": "square"}), ("pera", {"terms": "cross"}), ("pera", {"degree": 3}),
-         ("pera", {"degree": 3, "terms": "cross"})]
+         ("pera", {"degree": 3, "terms": "cross"}), ("dora", {}), ("dora", {"alpha": 8}), ("loran", {}),
+         ("loran", {"alpha": 2, "amplitude": 5e-2, "omega": 30.0})]
 CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in kw.items()) for m, kw in CASES]
 
 
@@ -39,11 +47,13 @@ def make(method, base, rank=4, **kw):
 
 
 def randomize(adapter, seed=1, std=0.5):
-    """Random A, B (and h), so that every term of ΔW is nonzero."""
+    """Random A, B (and h), so that every term of ΔW is nonzero; DoRA's magnitude m moved off ‖W0‖_row by ~std."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in adapter.parameters():
-            if p.requires_grad:
+        for name, p in adapter.named_parameters():
+            if name == "m":  # a length: scale it, keep it positive
+                p.mul_((1 + std * torch.randn(p.shape, generator=g, dtype=p.dtype)).abs())
+            elif p.requires_grad:
                 p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return adapter
 
@@ -57,16 +67,29 @@ def keep(term, terms):
     return terms == "all" or (terms == "square") == (len(set(term)) == 1)
 
 
-def paper_delta(adapter, A=None, B=None, h=None):
+def paper_delta(adapter, A=None, B=None, h=None, m=None):
     """ΔW as the papers write it, one rank-one term at a time (float64 in the tests that need it).
 
     LoRA: s B A (Eq. 8). HiRA: W0 ⊙ (B A) (HiRA Eq. 6). PERA: s (B A + Σ_{i≤j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T)
     (Eq. 9; Eq. 10 keeps i = j, Eq. 11 i < j), then for degree 3 the triples i ≤ j ≤ l, h in that order.
+    DoRA: m ⊙ (W0 + s B A) / ‖W0 + s B A‖_row − W0 (DoRA Eq. 5). LoRAN: s · Sinter(B A), entry by entry.
     """
     A = adapter.A if A is None else A
     B = adapter.B if B is None else B
     if isinstance(adapter, hira.HiRALinear):
         return adapter.base.weight * (B @ A)
+    s = adapter.alpha / adapter.r
+    if isinstance(adapter, dora.DoRALinear):
+        # DoRA Eq. 5: W' = m ⊙ V / ‖V‖_row with V = W0 + s B A; the norm is a constant for autograd (§4.3)
+        m = adapter.m if m is None else m
+        V = adapter.base.weight + s * B @ A
+        norm = torch.sqrt((V * V).sum(1, keepdim=True)).detach()
+        return m.unsqueeze(1) * V / norm - adapter.base.weight
+    if isinstance(adapter, loran.LoRANLinear):
+        # LoRAN: s · Sinter(B A), Sinter(x) = x + λ x sin(ω x) on every entry
+        BA = sum(torch.outer(B[:, k], A[k]) for k in range(A.shape[0]))
+        lam, omega = adapter.amplitude, adapter.omega
+        return s * torch.stack([torch.stack([v + lam * v * torch.sin(omega * v) for v in row]) for row in BA])
     dW = B @ A
     if isinstance(adapter, pera.PERALinear):
         h = adapter.h if h is None else h
@@ -108,11 +131,11 @@ def test_fresh_adapter_leaves_output_unchanged(method, kw, bias):
 def test_only_adapter_parameters_train_and_base_is_untouched(method, kw):
     adapter = make(method, make_base(), **kw)
     trainable = {name for name, p in adapter.named_parameters() if p.requires_grad}
-    assert trainable == ({"A", "B", "h"} if method == "pera" else {"A", "B"})
+    assert trainable == TRAINABLE[method]
     before = snapshot(adapter)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     x, target = torch.randn(16, 24), torch.randn(16, 20)
-    for _ in range(3):  # B moves at step 1, A and h (whose gradients carry a factor B) from step 2
+    for _ in range(3):  # B (and m) move at step 1, A and h (whose gradients carry a factor B) from step 2
         opt.zero_grad()
         F.mse_loss(adapter(x), target).backward()
         opt.step()
@@ -128,6 +151,7 @@ def test_only_adapter_parameters_train_and_base_is_untouched(method, kw):
     ("pera", {}, 4 * 5 // 2), ("pera", {"terms": "square"}, 4), ("pera", {"terms": "cross"}, 4 * 3 // 2),
     ("pera", {"degree": 3}, 10 + 20), ("pera", {"degree": 3, "terms": "square"}, 4 + 4),
     ("pera", {"degree": 3, "terms": "cross"}, 6 + 16),
+    ("dora", {}, 20), ("loran", {}, 0),  # DoRA: one magnitude per output row
 ])
 def test_trainable_parameter_count(method, kw, extra):
     adapter = make(method, make_base(24, 20), rank=4, **kw)
@@ -137,7 +161,7 @@ def test_trainable_parameter_count(method, kw, extra):
         assert len(adapter.h) == extra
 
 
-@pytest.mark.parametrize("method", ["lora", "pera"])
+@pytest.mark.parametrize("method", ["lora", "pera", "dora", "loran"])
 def test_alpha_defaults_to_rank(method):
     assert make(method, make_base(), rank=4).alpha == 4
     assert make(method, make_base(), rank=4, alpha=8).alpha == 8
@@ -219,7 +243,8 @@ def test_forward_and_gradients_equal_those_of_x_times_delta_weight(method, kw, t
     grads_ref = torch.autograd.grad((y_ref * g).sum(), [x, *params])
     for name, a, b in zip(["x", *names], grads, grads_ref):
         assert rel_err(a, b) < 1e-12, name
-    assert torch.autograd.gradcheck(efficient, (x, *params))
+    if method != "dora":  # DoRA's norm is detached by design, so its gradient is not the numerical derivative
+        assert torch.autograd.gradcheck(efficient, (x, *params))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,7 +363,7 @@ def test_pera_degree_3_rank():
 # ---------------------------------------------------------------------------------------------------
 # Dropout: the adapter sees dropout(x), the base sees x; eval mode turns it off.
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dora"])  # DoRA follows PEFT's rule: below
 def test_dropout_acts_on_the_adapter_input_only(method):
     adapter = randomize(make(method, make_base(), dropout=0.5)).train()
     x = torch.randn(4, 24)
@@ -359,7 +384,8 @@ def test_dropout_acts_on_the_adapter_input_only(method):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Cost: LoRA and PERA never form an (out, in) matrix; HiRA does, and fuses base and update in one matmul.
+# Cost: LoRA, PERA and DoRA never form an (out, in) matrix; HiRA and LoRAN do, and fuse base and update in
+# one matmul.
 
 class OpRecorder(TorchDispatchMode):
     """Records every aten op run (forward and backward): its input shapes and its output tensors' shapes."""
@@ -389,23 +415,28 @@ def builds_out_by_in(ops, out_features=48, in_features=40):
     return any(s in [(out_features, in_features), (in_features, out_features)] for _, _, outs in ops for s in outs)
 
 
-@pytest.mark.parametrize("method,kw", [c for c in CASES if c[0] != "hira"], ids=[i for i in CASE_IDS if i != "hira"])
-def test_lora_and_pera_never_build_an_out_by_in_matrix(method, kw):
-    ops = record_training_step(randomize(make(method, make_base(40, 48), rank=3, **kw)))
+ACTIVATION_SIDE = [(c, i) for c, i in zip(CASES, CASE_IDS) if c[0] in ("lora", "pera", "dora")]
+
+
+@pytest.mark.parametrize("method,kw", [c for c, _ in ACTIVATION_SIDE], ids=[i for _, i in ACTIVATION_SIDE])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lora_pera_and_dora_never_build_an_out_by_in_matrix(method, kw, dropout):
+    ops = record_training_step(randomize(make(method, make_base(40, 48), rank=3, dropout=dropout, **kw)))
     assert not builds_out_by_in(ops)
     assert any((7, 48) in outs for _, _, outs in ops)  # the recorder does see the layer's output
 
 
-def test_hira_builds_out_by_in_and_fuses_the_base_matmul():
+@pytest.mark.parametrize("method", ["hira", "loran"])
+def test_hira_and_loran_build_out_by_in_and_fuse_the_base_matmul(method):
     def token_matmuls(adapter):
         ops = record_training_step(adapter)
         return sum(1 for f, ins, _ in ops if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
                    and any(7 in s for s in ins))
 
-    fused = randomize(make("hira", make_base(40, 48), rank=3))
+    fused = randomize(make(method, make_base(40, 48), rank=3))
     assert builds_out_by_in(record_training_step(fused))
     assert token_matmuls(fused) == 1 + 2  # one forward; input and weight gradients backward
-    two = randomize(make("hira", make_base(40, 48), rank=3, dropout=0.1))
+    two = randomize(make(method, make_base(40, 48), rank=3, dropout=0.1))
     assert token_matmuls(two) == 2 + 3  # base and update forward; two input gradients and one weight gradient
 
 
@@ -424,6 +455,12 @@ def test_hira_builds_out_by_in_and_fuses_the_base_matmul():
     (lambda: pera.PERALinear(nn.Linear(4, 4), 1, terms="cross"), ValueError, "cross"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, degree=1), ValueError, "degree"),
     (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), TypeError, "alpha"),  # HiRA has no scaling
+    (lambda: dora.DoRALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
+    (lambda: dora.DoRALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
+    (lambda: dora.DoRALinear(nn.Linear(4, 4), 2, dropout=-0.1), ValueError, "dropout"),
+    (lambda: loran.LoRANLinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
+    (lambda: loran.LoRANLinear(nn.Linear(4, 4), 0), ValueError, "rank"),
+    (lambda: loran.LoRANLinear(nn.Linear(4, 4), 2, omega=float("inf")), ValueError, "omega"),
 ])
 def test_bad_arguments_raise(build, error, match):
     with pytest.raises(error, match=match):
@@ -461,11 +498,11 @@ def test_inject_then_training_changes_only_adapter_tensors(method):
     model = tiny_model()
     METHODS[method].inject(model, 4, dropout=0.05)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.rsplit(".", 1)[1] in {"A", "B", "h"} for n in trainable)
+    assert trainable and all(n.rsplit(".", 1)[1] in TRAINABLE[method] for n in trainable)
     before = snapshot(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     idx = tokens()
-    for _ in range(2):  # B moves at step 1; A and h, whose gradients carry a factor B, at step 2
+    for _ in range(2):  # B and m move at step 1; A and h, whose gradients carry a factor B, at step 2
         opt.zero_grad()
         F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()).backward()
         opt.step()
@@ -686,3 +723,118 @@ def test_the_readmes_adapter_only_state_dict_round_trip(method, tmp_path):
     assert sorted(result.missing_keys) == sorted(k for k in model.state_dict() if not k.endswith((".A", ".B", ".h")))
     with torch.no_grad():
         assert torch.equal(fresh(tokens()), model(tokens()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# DoRA: the row norms, and PEFT's computation (peft 0.21, DoraLinearLayer.forward and
+# DoraLinearVariant.forward) written out in float64 as the reference for the forward and the gradients.
+
+def direct_row_norm(adapter):
+    V = adapter.base.weight.double() + adapter.scaling * adapter.B.double() @ adapter.A.double()  # (out, in)
+    return torch.sqrt((V * V).sum(1))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 1e-6), (torch.bfloat16, 1e-3)])
+def test_dora_row_norm_form_is_the_direct_norm(dtype, tol):
+    adapter = randomize(make("dora", make_base(64, 48, dtype=dtype), alpha=8), std=0.1)
+    n = adapter.weight_norm()
+    assert n.dtype == torch.promote_types(dtype, torch.float32) and not n.requires_grad
+    assert rel_err(n.double(), direct_row_norm(adapter)) < tol
+
+
+def test_dora_magnitude_starts_at_the_row_norm_of_w0():
+    adapter = make("dora", make_base(64, 48))
+    assert torch.allclose(adapter.m, torch.linalg.norm(adapter.base.weight, dim=1), rtol=1e-6, atol=0)
+    assert torch.equal(adapter.m / adapter.weight_norm(), torch.ones(48))  # exactly: a fresh adapter is the base
+
+
+def peft_dora(adapter, x, A, B, m, drop=None):
+    """PEFT 0.21's DoRA layer, step by step: B A through an identity, the (out, in) norm, then
+    base(x) + (g − 1) ⊙ (base(x) − bias) + g ⊙ s·B A x; with dropout in training, x' = drop(x) in both terms."""
+    W0, bias, s = adapter.base.weight, adapter.base.bias, adapter.scaling
+    eye = torch.eye(A.shape[1], dtype=A.dtype)
+    lora_weight = ((eye @ A.T) @ B.T).T
+    norm = torch.linalg.norm(W0 + s * lora_weight.detach(), dim=1).detach()
+    g = (m / norm).view(1, -1)
+    result = x @ W0.T + bias
+    if drop is None:
+        base_result = result - bias
+    else:
+        x = drop(x)
+        base_result = x @ W0.T
+    return result + (g - 1) * base_result + g * ((x @ A.T) @ B.T) * s
+
+
+@pytest.mark.parametrize("mode", ["eval", "train", "train-dropout", "eval-dropout"])
+def test_dora_forward_and_gradients_are_pefts(mode):
+    dropout = 0.3 if mode.endswith("dropout") else 0.0
+    adapter = randomize(make("dora", make_base(24, 20, dtype=torch.float64), alpha=8, dropout=dropout))
+    adapter.train(mode.startswith("train"))
+    x = torch.randn(3, 5, 24, dtype=torch.float64)
+    torch.manual_seed(3)
+    y = adapter(x)
+    torch.manual_seed(3)
+    drop = (lambda v: F.dropout(v, dropout, training=True)) if mode == "train-dropout" else None
+    y_ref = peft_dora(adapter, x, adapter.A, adapter.B, adapter.m, drop)
+    assert rel_err(y, y_ref) < 1e-14
+    g = torch.randn_like(y)
+    params = [adapter.A, adapter.B, adapter.m]
+    for name, a, b in zip("ABm", torch.autograd.grad((y * g).sum(), params),
+                          torch.autograd.grad((y_ref * g).sum(), params)):
+        assert rel_err(a, b) < 1e-13, name
+    if mode == "train-dropout":  # both corrections saw the dropped input: not the no-dropout output
+        assert rel_err(y, peft_dora(adapter, x, adapter.A, adapter.B, adapter.m)) > 1e-2
+
+
+def test_dora_merged_weight_is_magnitude_times_direction():
+    adapter = randomize(make("dora", make_base(dtype=torch.float64), alpha=8))
+    V = adapter.base.weight + adapter.scaling * adapter.B @ adapter.A
+    expected = adapter.m.unsqueeze(1) * V / torch.linalg.norm(V, dim=1, keepdim=True)
+    merged = adapter.merge()
+    assert rel_err(merged.weight, expected) < 1e-14
+    assert torch.allclose(torch.linalg.norm(merged.weight, dim=1), adapter.m, rtol=1e-13, atol=0)  # ‖W'‖_row = m
+
+
+def test_dora_rank_is_r_plus_the_rows_whose_magnitude_moved():
+    adapter = randomize(make("dora", make_base(64, 72, dtype=torch.float64), rank=3))
+    assert rank_of(adapter) == 64  # (m/n − 1) ⊙ W0 rescales every row of a full-rank W0
+    with torch.no_grad():
+        n = adapter.weight_norm()
+        adapter.m.copy_(n)
+        adapter.m[:5] *= 1.5
+    assert rank_of(adapter) == 3 + 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRAN: amplitude 0 is LoRA; the sine lifts the rank.
+
+@pytest.mark.parametrize("alpha", [None, 8])
+def test_loran_with_amplitude_zero_is_lora(alpha):
+    base = make_base()
+    lo = randomize(make("lora", base, alpha=alpha))
+    ln = make("loran", base, alpha=alpha, amplitude=0.0)
+    with torch.no_grad():
+        ln.A.copy_(lo.A)
+        ln.B.copy_(lo.B)
+    assert torch.equal(ln.delta_weight(), lo.delta_weight())
+    assert torch.equal(ln.merge().weight, lo.merge().weight)
+    x = torch.randn(2, 5, 24)
+    assert rel_err(ln(x), lo(x)) < 1e-6  # the fused matmul sums in another order than LoRA's two thin ones
+
+
+def test_loran_defaults_are_the_authors_and_the_sine_is_small():
+    adapter = randomize(make("loran", make_base(64, 48, dtype=torch.float64)), std=0.1)
+    assert (adapter.amplitude, adapter.omega) == (5e-4, 1e3)
+    lora_part = adapter.scaling * adapter.B @ adapter.A
+    with torch.no_grad():
+        share = ((adapter.delta_weight() - lora_part).norm() / lora_part.norm()).item()
+    assert 0 < share <= 5e-4  # |λ x sin(ω x)| ≤ λ |x|
+
+
+@pytest.mark.parametrize("r", [1, 4])
+def test_loran_rank_is_full(r):
+    # entries of B A around 0.1, so ω x spans many periods (at r = 1 and |BA| ~ 0.01 the numerical rank is ~25)
+    adapter = randomize(make("loran", make_base(64, 48, dtype=torch.float64), rank=r), std=0.3)
+    assert rank_of(adapter) == 48  # the elementwise sine of a rank-r matrix: full rank, for LoRA's parameters
+    adapter.amplitude = 0.0
+    assert rank_of(adapter) == r
