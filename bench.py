@@ -15,6 +15,10 @@ under every method. Peak memory is CUDA's max_memory_allocated, or on a CPU the 
 a separate process that builds the model and runs the variant alone. Inference is a prefill (the batch
 through the model, logits at the last position, no_grad) with each adapter merged, against the model
 without adapters.
+
+"dora-peft" is Hugging Face PEFT's DoRA computation (peft 0.21, DoraLinearLayer / DoraLinearVariant),
+re-implemented here so that this script needs no peft and times both DoRAs on the same model code; each
+DoRA row then also gets its step time as a multiple of PEFT's.
 """
 import argparse
 import json
@@ -39,6 +43,7 @@ from tqdm import tqdm
 
 import adapters
 import cli
+import dora
 from model import Config, Transformer, save_safetensors
 from train import DEFAULT_DROPOUT, collate, epoch_batches, loss_sum
 
@@ -58,7 +63,37 @@ SHAPES = {
                        rope_theta=1000000.0),
 }
 VARIANTS = {"none": ("none", {}), "lora": ("lora", {}), "hira": ("hira", {}), "pera": ("pera", {}),
-            "pera-square": ("pera", {"terms": "square"}), "pera-cross": ("pera", {"terms": "cross"})}
+            "pera-square": ("pera", {"terms": "square"}), "pera-cross": ("pera", {"terms": "cross"}),
+            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {})}
+
+
+class PeftDoRALinear(dora.DoRALinear):
+    """DoRA as PEFT 0.21 computes it, step for step, for timing against dora.py (same parameters, same merge).
+
+    PEFT forms B A by passing an (in, in) identity through A and B (an FSDP-friendly product), adds it to W0
+    as an (out, in) matrix and takes that matrix's row norms; then, with g = m / n,
+    y = base(x) + (g − 1) ⊙ (base(x) − bias) + g ⊙ s·B A x (with dropout active in training, the middle
+    term is (g − 1) ⊙ (W0 · dropout(x)) and the LoRA path sees dropout(x) as well).
+    """
+
+    def forward(self, x):
+        A, B, s = self.A, self.B, self.scaling
+        eye = torch.eye(A.shape[1], device=A.device, dtype=A.dtype)
+        lora_weight = F.linear(F.linear(eye, A), B).T.to(x.dtype)  # (out, in) = B A, via the identity
+        weight = self.base.weight.to(x.dtype)
+        norm = torch.linalg.norm(weight + s * lora_weight.detach(), dim=1).to(weight.dtype).detach()
+        g = (self.m / norm).view(1, -1)
+        result = self.base(x)
+        if self.training and isinstance(self.dropout, nn.Dropout):
+            x = self.dropout(x)
+            base_result = F.linear(x, weight)
+        else:
+            base_result = result - self.base.bias if self.base.bias is not None else result
+        lora_result = F.linear(F.linear(x, A), B)
+        return result + ((g - 1) * base_result + g * lora_result * s)
+
+
+REFERENCES = {"dora-peft": PeftDoRALinear}  # re-implementations of other libraries' layers, by variant name
 
 
 def parse_args(argv=None):
@@ -153,7 +188,8 @@ def base_layers(model, targets):
 def make_adapters(model, method, rank, kw, targets):
     """{layer name: adapter around the model's own linear}: every variant shares the base weights."""
     torch.manual_seed(rank)
-    layers = {name: adapters.CLASSES[method](module, rank, **kw) for name, module in base_layers(model, targets).items()}
+    cls = REFERENCES.get(method) or adapters.CLASSES[method]
+    layers = {name: cls(module, rank, **kw) for name, module in base_layers(model, targets).items()}
     with torch.no_grad():  # a trained-looking adapter, not the zero update of a fresh one
         for layer in layers.values():
             for p in layer.parameters():
@@ -665,6 +701,13 @@ def report(variants, args, n_params):
                   f"{r['step_vs_no_ckpt']:.3f} x the step time")
     print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
           f"{args.warmup} warm-up rounds")
+    peft = {r["rank"]: r for r in rows if r["method"] == "dora-peft"}
+    for r in rows:
+        if r["method"] == "dora" and r["rank"] in peft:
+            r["step_vs_peft"] = r["step_ms"] / peft[r["rank"]]["step_ms"]
+            r["peak_vs_peft"] = r["peak_mb"] / peft[r["rank"]]["peak_mb"] if r["peak_mb"] and peft[r["rank"]]["peak_mb"] else None
+            print(f"dora r={r['rank']}: training step {r['step_vs_peft']:.3f} × PEFT's DoRA step (dora-peft)"
+                  + (f", peak memory {r['peak_vs_peft']:.3f} ×" if r["peak_vs_peft"] else ""))
     return rows
 
 

@@ -201,7 +201,8 @@ def table(rows) -> str:
 def run_name(settings):
     if settings is None:
         return "zero-shot"
-    name = f"{ {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA'}[settings['method']]} r={settings['rank']}"
+    names = {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA', 'dora': 'DoRA', 'loran': 'LoRAN'}
+    name = f"{names[settings['method']]} r={settings['rank']}"
     if settings["method"] == "pera" and settings["terms"] != "all":
         name += f" ({settings['terms']} only)"
     if settings["method"] == "pera" and settings.get("init", "code") != "code":
@@ -214,7 +215,12 @@ def run_name(settings):
 @torch.no_grad()
 def rank_report(model, settings):
     """Per adapted layer: rank and effective rank of ΔW (in float64), the method's bound on the rank, and
-    for PERA the size of its polynomial terms next to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖."""
+    for PERA the size of its polynomial terms next to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖ (for LoRAN, of
+    its sine terms, the same ratio).
+
+    Bounds: LoRA r; PERA r + r(r+1)/2; HiRA and LoRAN none below min(out, in) (W0 ⊙ and the elementwise
+    sine lift the rank); DoRA r + the number of rows whose magnitude moved, since
+    ΔW = (m/n − 1) ⊙ W0 + (m/n) ⊙ s·BA and a row with m = n adds no W0 row."""
     rows = []
     for name, layer in adapters.adapter_layers(model, settings["method"]).items():
         layer = copy.deepcopy(layer).double()  # a float64 copy: rank is sensitive to rounding
@@ -224,11 +230,19 @@ def rank_report(model, settings):
         p = s[s > 0] / s.sum()
         erank = float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0  # Roy & Vetterli 2007
         r = settings["rank"]
-        bound = {"lora": r, "hira": min(dw.shape), "pera": r + len(getattr(layer, "h", []))}[settings["method"]]
+        method = settings["method"]
+        if method == "dora":
+            bound = r + int((layer.m / layer.weight_norm() != 1).sum())
+        else:
+            bound = {"lora": r, "hira": min(dw.shape), "loran": min(dw.shape),
+                     "pera": r + len(getattr(layer, "h", []))}[method]
         row = {"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
                "bound": min(bound, min(dw.shape))}
-        if settings["method"] == "pera":
+        if method == "pera":
             row["polynomial_share"] = pera.polynomial_share(layer)
+        elif method == "loran":  # the sine terms against the LoRA part, as PERA's polynomial share
+            lora_part = layer.scaling * layer.B @ layer.A
+            row["sine_share"] = float((dw - lora_part).norm() / lora_part.norm()) if lora_part.any() else 0.0
         rows.append(row)
     return rows
 
@@ -237,17 +251,18 @@ def print_rank_report(rows, settings):
     by_target = {}
     for row in rows:
         by_target.setdefault(row["layer"].rsplit(".", 1)[-1], []).append(row)
-    pera = settings["method"] == "pera"
+    pera = settings["method"] in ("pera", "loran")  # both have a share beyond LoRA's part
+    terms = "polynomial" if settings["method"] == "pera" else "sine"
     print(f"ΔW of {run_name(settings)}, mean over {len(rows) // max(1, len(by_target))} layers: rank, effective rank "
           f"(exp of the entropy of the normalised singular values), the bound on the rank"
-          + (", and ‖ΔW − sBA‖ / ‖sBA‖ (how much the polynomial terms add to LoRA's part)" if pera else ""))
-    print("| target | shape | rank | effective rank | bound |" + (" polynomial share |" if pera else ""))
+          + (f", and ‖ΔW − sBA‖ / ‖sBA‖ (how much the {terms} terms add to LoRA's part)" if pera else ""))
+    print("| target | shape | rank | effective rank | bound |" + (f" {terms} share |" if pera else ""))
     print("|---|---|---|---|---|" + ("---|" if pera else ""))
     for target, group in by_target.items():
         mean = lambda k: sum(g[k] for g in group) / len(group)  # noqa: E731
         print(f"| {target} | {group[0]['shape'][0]}x{group[0]['shape'][1]} | {mean('rank'):.1f} | "
               f"{mean('effective_rank'):.1f} | {group[0]['bound']} |"
-              + (f" {mean('polynomial_share'):.2e} |" if pera else ""))
+              + (f" {mean(terms + '_share'):.2e} |" if pera else ""))
 
 
 def main(argv=None):

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The small-scale reproduction in README.md's RESULTS section: zero-shot, LoRA, HiRA, PERA, and PERA's
-# square-only and cross-only ablations, all at rank 4 on SmolLM2-135M-Instruct with one budget.
+# The small-scale reproduction in README.md's RESULTS section: zero-shot, LoRA, HiRA, PERA, PERA's
+# square-only and cross-only ablations, DoRA and LoRAN, all at rank 4 on SmolLM2-135M-Instruct with one budget.
 #
 #   bash reproduce.sh            # after `python prepare.py` (and --data-from where GitHub is unreachable)
 #
 # Every method gets the same steps, batch, targets and seed. Each method's learning rate is tuned once,
 # on the validation loss of a short run (SWEEP_STEPS) over three values that start at the SPEC's own
-# (1e-4 LoRA/PERA, 1e-3 HiRA); the ablations use PERA's. Nothing is tuned on test data.
-# About 4 hours on 2 CPU cores; set STEPS, SWEEP_STEPS, LIMIT to change the budget.
+# (1e-4 LoRA/PERA, 1e-3 HiRA) or the method's paper's (1e-4 DoRA; LoRAN, which gives none, LoRA's); the
+# ablations use PERA's. Each method keeps train.py's default dropout (its paper's). Nothing is tuned on test data.
+# About 5.5 hours on 2 CPU cores (DoRA and LoRAN add ~45 min each); set STEPS, SWEEP_STEPS, LIMIT to change the budget.
 set -euo pipefail
 cd "$(dirname "$0")"
 MODEL=${MODEL:-checkpoints/SmolLM2-135M-Instruct}
@@ -19,9 +20,10 @@ LIMIT=${LIMIT:-100}
 RANK=4
 COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42)
 
-declare -A LRS=([lora]="1e-4 1e-3 3e-3" [pera]="1e-4 1e-3 3e-3" [hira]="1e-3 1e-2 3e-2")
+declare -A LRS=([lora]="1e-4 1e-3 3e-3" [pera]="1e-4 1e-3 3e-3" [hira]="1e-3 1e-2 3e-2" [dora]="1e-4 1e-3 3e-3"
+               [loran]="1e-4 1e-3 3e-3")
 declare -A BEST
-for method in lora pera hira; do
+for method in lora pera hira dora loran; do
     for lr in ${LRS[$method]}; do
         run="$OUT/sweep/$method-lr$lr"
         [ -f "$run/metrics.json" ] || python train.py "${COMMON[@]}" --method $method --lr $lr \
@@ -56,5 +58,7 @@ run hira hira
 run pera pera
 run pera-square pera --terms square
 run pera-cross pera --terms cross
+run dora dora
+run loran loran
 
-python eval.py --table "$OUT"/{zero-shot,lora,hira,pera,pera-square,pera-cross}/eval-generate/results.json
+python eval.py --table "$OUT"/{zero-shot,lora,hira,pera,pera-square,pera-cross,dora,loran}/eval-generate/results.json

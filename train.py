@@ -1,4 +1,4 @@
-"""Fine-tune a LLaMA-family model with LoRA, HiRA or PERA on the commonsense-reasoning mix.
+"""Fine-tune a LLaMA-family model with LoRA, HiRA, PERA, DoRA or LoRAN on the commonsense-reasoning mix.
 
     python train.py --method pera --rank 4
 
@@ -40,13 +40,20 @@ import pera
 from model import Transformer
 from tokenizer import Tokenizer
 
-DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3}  # the papers' values; HiRA needs ~10x LoRA's
-DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0}  # the HiRA authors' code applies no dropout
+# The papers' values; HiRA needs ~10x LoRA's. DoRA: 1e-4 as its authors' commonsense runs on LLaMA-7B (r = 32)
+# and LLaMA3-8B (NVlabs/DoRA, commonsense_reasoning/README.md; their other runs used 2e-4). LoRAN's authors
+# give no commonsense learning rate: LoRA's.
+DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1e-4}
+# The HiRA authors' code applies no dropout; DoRA's commonsense runs use LLM-Adapters' 0.05; LoRAN's
+# released run (20-Newsgroups, Llama-2-7B) 0.2.
+DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2}
 # Arguments that define a run: --resume refuses to continue a run with different ones.
-RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "targets", "lr",
+RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "amplitude", "omega",
+                "targets", "lr",
                 "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
                 "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio", "train_file", "precision")
-RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0}  # what a run saved before these arguments existed used
+RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0, "amplitude": 5e-4, "omega": 1e3}  # what a run saved before
+# these arguments existed used
 TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight tasks' training data, as the papers use
 
 
@@ -59,8 +66,9 @@ def parse_args(argv=None):
                    f"sets (default: <data>/{TRAIN_MIX} when present and --tasks is not given)")
     p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
     p.add_argument("--rank", type=int, default=16, help="r")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA scaling is alpha / r (default alpha = r)")
-    p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05; 0 for HiRA)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default alpha = r)")
+    p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
+                   "as their papers; 0 for HiRA, as its authors' code; 0.2 for LoRAN, as its authors' released run)")
     p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
     p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
     p.add_argument("--init", choices=["code", "paper"], default="code",
@@ -70,8 +78,14 @@ def parse_args(argv=None):
     p.add_argument("--pera-log-every", type=int, default=5,
                    help="PERA: log the polynomial share, max |h| and h's gradient norm every N steps (and at the "
                         "last); one record costs 0.5-1.3 %% of a SmolLM2-135M step (study.py log-cost)")
+    p.add_argument("--amplitude", type=float, default=5e-4, help="LoRAN's Sinter amplitude λ (the authors' default; "
+                   "their 20-Newsgroups run: 5e-5)")
+    p.add_argument("--omega", type=float, default=1e3, help="LoRAN's Sinter frequency ω (the authors' default; "
+                   "their 20-Newsgroups run: 1e4)")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, 1e-3 HiRA)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
+                   "paper; 1e-3 HiRA, as its paper; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
+                   "commonsense runs; 1e-4 LoRAN, LoRA's, its paper giving none for this task)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
     p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward pass (gradient accumulation)")
     p.add_argument("--epochs", type=float, default=3.0)
@@ -486,7 +500,7 @@ def run_training(args):
         model.grad_checkpoint = args.grad_checkpoint
         check_vocabulary(tokenizer, model, model_dir)
         s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                              args.degree, args.init, args.h_lr_ratio)
+                              args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega)
         adapters.inject(model, s)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -127,7 +127,7 @@ def train_args(stories_dir, data_dir, out, *extra):
 
 @pytest.mark.parametrize("argv, message", [
     (["--rank", "four"], "invalid int value"),
-    (["--method", "dora"], "invalid choice"),
+    (["--method", "vera"], "invalid choice"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--batch-size", "10", "--micro-batch-size", "4"], "must be a multiple of --micro-batch-size"),
     (["--rank", "0"], "--rank must be positive"),
@@ -138,7 +138,7 @@ def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["lora", "hira", "pera"])
+@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran"])
 def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, data_dir, tmp_path, method):
     out = tmp_path / method
     metrics = train.main(train_args(stories_dir, data_dir, out, "--method", method, "--max-steps", "12",
@@ -318,7 +318,8 @@ def test_table_is_the_papers_layout_with_the_papers_names():
         "|---|---|---|---|---|---|",
         "| zero-shot | - | 60.00 | 40.00 | - | 50.00 |",
         "| PERA r=4 (cross only) | 0.6128 | - | - | 75.00 | 75.00 |"]
-    assert [evaluate.run_name({"method": m, "rank": 8}) for m in ("lora", "hira")] == ["LoRA r=8", "HiRA r=8"]
+    assert [evaluate.run_name({"method": m, "rank": 8}) for m in ("lora", "hira", "dora", "loran")] == [
+        "LoRA r=8", "HiRA r=8", "DoRA r=8", "LoRAN r=8"]
 
 
 def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path):
@@ -342,7 +343,7 @@ def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path
 # -----------------------------------------------------------------------------
 # PEFT compatibility, against files and logits that PEFT itself produced (tests/fixtures/peft)
 
-@pytest.mark.parametrize("method", ["lora", "hira"])
+@pytest.mark.parametrize("method", ["lora", "hira", "dora"])
 def test_peft_saved_adapters_load_and_give_peft_logits(method):
     base = shared("fixtures", "models", "tiny-llama")
     model = Transformer.from_pretrained(base)
@@ -354,7 +355,7 @@ def test_peft_saved_adapters_load_and_give_peft_logits(method):
         assert (model(ids) - reference).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("method", ["lora", "hira"])
+@pytest.mark.parametrize("method", ["lora", "hira", "dora"])
 def test_our_adapter_files_have_peft_keys_shapes_and_fields(tmp_path, method):
     base = shared("fixtures", "models", "tiny-llama")
     peft_dir = HERE_FIXTURES / "peft" / method
@@ -366,7 +367,8 @@ def test_our_adapter_files_have_peft_keys_shapes_and_fields(tmp_path, method):
     ours, theirs = load_safetensors(tmp_path / "adapter_model.safetensors"), load_safetensors(peft_dir / "adapter_model.safetensors")
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
     ours_config = json.loads((tmp_path / "adapter_config.json").read_text())
-    for key in ("peft_type", "task_type", "r", "lora_alpha", "hira_dropout", "fan_in_fan_out", "bias", "use_dora"):
+    for key in ("peft_type", "task_type", "r", "lora_alpha", "hira_dropout", "fan_in_fan_out", "bias", "use_dora",
+                "use_rslora"):
         assert ours_config.get(key) == theirs_config.get(key), key
     assert sorted(ours_config["target_modules"]) == sorted(theirs_config["target_modules"])
 
@@ -381,3 +383,67 @@ def test_adapter_that_does_not_fit_the_model_is_named(tmp_path):
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
     with pytest.raises(ValueError, match="peft_type 'LOHA' is not one of"):
         adapters.load_adapter(Transformer.from_pretrained(shared("fixtures", "models", "tiny-llama")), tmp_path / "lora")
+
+
+def test_dora_gradients_are_pefts():
+    """The gradient of every A, B and m, against what PEFT computed for the same adapter and loss (training
+    mode, dropout 0: the next-token cross-entropy on input_ids; tests/fixtures/make_peft_fixtures.py)."""
+    base = shared("fixtures", "models", "tiny-llama")
+    model = Transformer.from_pretrained(base)
+    adapters.load_adapter(model, HERE_FIXTURES / "peft" / "dora")
+    ids = torch.tensor(json.loads((base / "input_ids.json").read_text()))
+    reference = load_safetensors(HERE_FIXTURES / "peft" / "dora" / "reference.safetensors")
+    logits = model.train()(ids)
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+    layers = adapters.adapter_layers(model, "dora")
+    assert len(layers) == 10
+    for name, layer in layers.items():
+        for ours, theirs in adapters.TENSOR_KEYS["dora"].items():
+            expected = reference[f"grad.base_model.model.{name}.{theirs}"]
+            grad = getattr(layer, ours).grad
+            assert (grad - expected).abs().max() <= 1e-5 * expected.abs().max(), f"{name}.{ours}"
+
+
+@pytest.mark.parametrize("method, extra", [("dora", {}), ("loran", {"amplitude": 2e-3, "omega": 300.0})])
+def test_dora_and_loran_files_round_trip(tmp_path, method, extra):
+    base = shared("fixtures", "models", "tiny-llama")
+    model = Transformer.from_pretrained(base).eval()
+    s = adapters.settings(method, 4, alpha=8, dropout=0.1, **extra)
+    adapters.inject(model, s)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(1.1) if p.dim() == 1 else p.normal_(0, 0.1)  # DoRA's m: moved off ‖W0‖_row
+    adapters.save_adapter(model, tmp_path, s, base_model=str(base))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    if method == "dora":  # PEFT's LoRA config with use_dora; PEFT's key for the magnitude
+        assert config["peft_type"] == "LORA" and config["use_dora"] is True and config["lora_alpha"] == 8
+        keys = load_safetensors(tmp_path / "adapter_model.safetensors")
+        assert "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector" in keys
+    else:
+        assert config["peft_type"] == "LORAN" and (config["amplitude"], config["omega"]) == (2e-3, 300.0)
+    reloaded = Transformer.from_pretrained(base).eval()
+    assert adapters.load_adapter(reloaded, tmp_path) == s
+    ids = torch.tensor(json.loads((base / "input_ids.json").read_text()))
+    with torch.no_grad():
+        assert torch.equal(model(ids), reloaded(ids))
+
+
+@pytest.mark.parametrize("method", ["dora", "loran"])
+def test_rank_report_shows_dora_and_loran_above_r(stories_dir, data_dir, tmp_path, method):
+    out = tmp_path / method
+    train.main(train_args(stories_dir, data_dir, out, "--method", method, "--rank", "2", "--max-steps", "3",
+                          "--lr", "5e-2", "--eval-every", "3"))
+    rows = evaluate.main(["--adapter", str(out), "--rank-report", "--device", "cpu"])
+    assert rows and all(2 < r["rank"] <= r["bound"] <= min(r["shape"]) for r in rows)
+    if method == "dora":  # every magnitude moved: (m/n − 1) ⊙ W0 is full rank
+        assert all(r["bound"] == min(r["shape"]) == r["rank"] for r in rows)
+        return
+    tensors = load_safetensors(out / "adapter_model.safetensors")
+    row = rows[0]
+    A, B = (tensors[f"base_model.model.{row['layer']}.loran_{k}"].double() for k in "AB")
+    BA = B @ A  # s = 1; the sine part of Sinter, λ x sin(ω x), against the LoRA part
+    assert row["sine_share"] == pytest.approx((5e-4 * BA * torch.sin(1e3 * BA)).norm().item() / BA.norm().item(),
+                                              rel=1e-9)
+    assert 0 < row["sine_share"] < 5e-4
