@@ -23,8 +23,10 @@ def test_variants_count_the_papers_parameters_and_share_the_base():
     for v in variants:
         r, n = v.rank, len(shapes)
         lora_count = sum(r * (i + o) for i, o in shapes)
+        dora_count = lora_count + sum(o for _, o in shapes)  # one magnitude per output row
         expected = {"none": 0, "lora": lora_count, "hira": lora_count, "pera": lora_count + n * r * (r + 1) // 2,
-                    "pera-square": lora_count + n * r, "pera-cross": lora_count + n * r * (r - 1) // 2}[v.label]
+                    "pera-square": lora_count + n * r, "pera-cross": lora_count + n * r * (r - 1) // 2,
+                    "dora": dora_count, "dora-peft": dora_count, "loran": lora_count}[v.label]
         assert v.trainable == expected, v.label
         if v.method != "none":  # every adapter wraps the model's own linear: one copy of the base weights
             assert all(layer.base is frozen[name] for name, layer in v.layers.items())
@@ -93,3 +95,26 @@ def test_sharded_bf16_checkpoint_loads_without_a_float32_copy(tmp_path):
     peak = bench.loading_peak(tmp_path / "ckpt", torch.bfloat16)
     print(f"bf16 load of {total / 1e6:.0f} MB: peak RSS +{peak / 1e6:.0f} MB")
     assert peak <= 1.3 * total
+
+
+def test_peft_dora_variant_is_dora_computed_the_peft_way():
+    """bench.PeftDoRALinear (PEFT's DoRA, re-implemented) and dora.DoRALinear: the same function and gradients."""
+    folder = shared("fixtures", "models", "stories260K")
+    args = bench.parse_args(["--model", str(folder), "--ranks", "4", "--methods", "lora,dora,dora-peft", "--device", "cpu"])
+    args.targets = args.targets.split(",")
+    model = bench.build_model(args)
+    ids = torch.tensor(json.loads((folder / "input_ids.json").read_text()))
+    ours, theirs = (bench.Variant(model, *spec, args) for spec in bench.variant_list(args) if spec[0] != "lora")
+    assert all(type(layer) is bench.PeftDoRALinear for layer in theirs.layers.values())
+    for name, layer in theirs.layers.items():  # the same A, B, m
+        layer.load_state_dict(ours.layers[name].state_dict())
+    outputs, grads = [], []
+    for v in (ours, theirs):
+        bench.install(model, v.layers)
+        y = model(ids)
+        y.square().mean().backward()
+        outputs.append(y.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in v.params]))
+    bench.install(model, bench.base_layers(model, args.targets))
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-5 * outputs[1].abs().max()
+    assert (grads[0] - grads[1]).abs().max() < 1e-4 * grads[1].abs().max()
