@@ -115,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="benchmark: each variant also with activation checkpointing; --plan: plan with it")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: one thread, timed by this process's CPU time, which a machine shared with other jobs "
+                        "does not inflate (the wall clock also counts waiting for a core); CPU only")
     p.add_argument("--json", help="also write the results to this file")
     plan = p.add_argument_group("memory planner (--plan): what one training step needs, by part, without weights")
     plan.add_argument("--plan", action="store_true", help="plan the memory of a train.py run instead of measuring")
@@ -132,6 +135,8 @@ def parse_args(argv=None):
                                                                      "checkpoint of this size")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu times CPU runs only")
     args.methods = args.methods.split(",")
     if (args.plan or args.plan_grid) and (args.method not in VARIANTS or args.method == "none"):
         p.error(f"--method {args.method}: choose from {', '.join(m for m in VARIANTS if m != 'none')}")
@@ -242,14 +247,14 @@ def training_step(model, variant, ids, labels, autocast):
         variant.optimizer.zero_grad(set_to_none=True)
 
 
-def timed(fn, device):
+def timed(fn, device, clock=time.perf_counter):
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def cpu_peak_mb(args, spec):
@@ -618,6 +623,9 @@ def main(argv=None):
             adapters.write_json(args.json, {"args": vars(args), **result})
         return result
     device = torch.device(args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu":
+        torch.set_num_threads(1)  # CPU time of several threads would also count their spin-waiting
     with cli.user_input():  # a corrupt model folder
         model = build_model(args)
     ids, labels = batch(args, model)
@@ -636,7 +644,7 @@ def main(argv=None):
         for v in variants:
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats()
-            t = timed(lambda: training_step(model, v, ids, labels, autocast), device)
+            t = timed(lambda: training_step(model, v, ids, labels, autocast), device, clock)
             if k >= args.warmup:
                 v.step_s.append(t)
                 if on_cuda:
@@ -653,7 +661,7 @@ def main(argv=None):
         for k in tqdm(range(args.warmup + args.infer_rounds), desc="merged inference (rounds)"):
             for v in variants:
                 install(model, merged[v.label + str(v.rank)])
-                t = timed(lambda: model.logits(model.hidden(ids)[:, -1]), device)  # a generation prefill
+                t = timed(lambda: model.logits(model.hidden(ids)[:, -1]), device, clock)  # a generation prefill
                 if k >= args.warmup:
                     v.infer_s.append(t)
     install(model, frozen)
@@ -700,7 +708,7 @@ def report(variants, args, n_params):
                   f"peak memory ({fmt(plain['peak_mb'], '.0f')} -> {fmt(r['peak_mb'], '.0f')} MB) for "
                   f"{r['step_vs_no_ckpt']:.3f} x the step time")
     print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
-          f"{args.warmup} warm-up rounds")
+          f"{args.warmup} warm-up rounds" + ("; CPU time of one thread" if args.clock == "cpu" else ""))
     peft = {r["rank"]: r for r in rows if r["method"] == "dora-peft"}
     for r in rows:
         if r["method"] == "dora" and r["rank"] in peft:

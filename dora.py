@@ -24,9 +24,11 @@ class DoRALinear(nn.Module):
     suggests (§4.3) and PEFT does, n is treated as a constant: it follows A and B in the forward but is
     detached from the gradient, so A and B learn through the LoRA path only.
 
-    The forward stays on the activation side: with g = m / n (out,),
-        y = g ⊙ (base(x) + s·B A x) + (1 − g) ⊙ bias   =   g ⊙ (W0 x + s·B A x) + bias,
-    one matmul with W0 and LoRA's two thin ones, never the (out, in) matrix W'. The row norms need no
+    The forward stays on the activation side: with g = m / n and d = g − 1 = (m − n) / n (out,),
+        y = u + d ⊙ (u − bias),   u = base(x) + s·B A x,   which is   g ⊙ (W0 x + s·B A x) + bias,
+    one matmul with W0 and LoRA's two thin ones, never the (out, in) matrix W'. It is written with d, not
+    g, because d is small and keeps its precision when cast to bf16 (g = 1 + d would be rounded to steps
+    of 2^-8, hiding a young magnitude update), and because d = 0 leaves base(x) exactly. The row norms need no
     (out, in) temporary either:
         n² = ‖W0‖²_row + 2s·rowsum(B ⊙ (W0 Aᵀ)) + s²·rowsum((B (A Aᵀ)) ⊙ B),
     an (out, r) product with W0 per step, independent of the number of tokens (PEFT instead builds
@@ -34,7 +36,7 @@ class DoRALinear(nn.Module):
 
     Dropout follows PEFT's rule (peft 0.21, DoraLinearVariant.forward): while training with dropout, both
     correction terms see the dropped input x' = dropout(x) and the base sees x,
-        y = base(x) + (g − 1) ⊙ (W0 x') + g ⊙ s·B A x',
+        y = base(x) + (g − 1) ⊙ (W0 x') + g ⊙ s·B A x'   =   base(x) + l + d ⊙ (W0 x' + l),   l = s·B A x',
     which costs a second matmul with W0. In eval mode, or with dropout 0, x' = x and this is the
     one-matmul form above.
 
@@ -78,18 +80,19 @@ class DoRALinear(nn.Module):
 
     def forward(self, x):
         A, B = self.A.to(x.dtype), self.B.to(x.dtype)
-        g = self.m / self.weight_norm()  # (out,): m / n, with n a constant for autograd
+        n = self.weight_norm()  # (out,), a constant for autograd
+        d = (self.m - n) / n  # m / n − 1
         if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule, see the docstring
             x_ = self.dropout(x)
-            y = self.base(x)
-            g = g.to(y.dtype)
-            return y + (g - 1) * F.linear(x_, self.base.weight) + g * F.linear(self.scaling * F.linear(x_, A), B)
-        y = self.base(x)
-        g = g.to(y.dtype)
-        u = y + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
-        if self.base.bias is None:
-            return g * u
-        return torch.addcmul((1 - g) * self.base.bias.to(y.dtype), g, u)  # g ⊙ u + (1 − g) ⊙ bias
+            lora = F.linear(self.scaling * F.linear(x_, A), B)  # s·B A x'
+            y = self.base(x) + lora
+            return torch.addcmul(y, d.to(y.dtype), F.linear(x_, self.base.weight.to(y.dtype)) + lora)
+        u = self.base(x) + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
+        d = d.to(u.dtype)
+        y = torch.addcmul(u, d, u)  # u + d ⊙ u
+        if self.base.bias is not None:
+            y = y - d * self.base.bias.to(u.dtype)  # − d ⊙ bias: the bias is not rescaled
+        return y
 
     def delta_weight(self):
         """ΔW = W' − W0 = (m / n) ⊙ (W0 + s·B A) − W0, shaped like base.weight, in float32 (float64 for a

@@ -795,6 +795,27 @@ def test_dora_merged_weight_is_magnitude_times_direction():
     assert torch.allclose(torch.linalg.norm(merged.weight, dim=1), adapter.m, rtol=1e-13, atol=0)  # ‖W'‖_row = m
 
 
+@pytest.mark.parametrize("bf16", ["weights", "autocast"])
+def test_dora_keeps_a_young_magnitude_update_visible_in_bf16(bf16):
+    """m / n = 1 + 1e-3 rounds to 1 in bf16 (steps of 2^-8 near 1): the forward works with d = m / n − 1.
+
+    As for HiRA above, the update then survives up to the rounding of the bf16 output, so over many tokens
+    it points where the exact update points; with g = m / n cast to bf16, most rows' update is exactly zero.
+    """
+    base = make_base(256, 256, dtype=torch.bfloat16 if bf16 == "weights" else torch.float32)
+    adapter = make("dora", base).eval()
+    with torch.no_grad():
+        adapter.m.mul_(1 + 1e-3 * torch.randn(256, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(512, 256, dtype=base.weight.dtype)
+    d = (adapter.m / adapter.weight_norm() - 1).double()
+    expected = d * (x.double() @ base.weight.double().T)  # the update: (m/n − 1) ⊙ W0 x
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 == "autocast"):
+        update = adapter(x).double() - base(x).double()
+        g_form = ((adapter.m / adapter.weight_norm()).bfloat16() * base(x)).double() - base(x).double()
+    cosine = lambda u: ((u * expected).sum() / (u.norm() * expected.norm())).item()  # noqa: E731
+    assert cosine(update) > 0.3 and cosine(g_form) < 0.2  # measured: 0.39 and 0.10
+
+
 def test_dora_rank_is_r_plus_the_rows_whose_magnitude_moved():
     adapter = randomize(make("dora", make_base(64, 72, dtype=torch.float64), rank=3))
     assert rank_of(adapter) == 64  # (m/n − 1) ⊙ W0 rescales every row of a full-rank W0
