@@ -24,11 +24,13 @@ class DoRALinear(nn.Module):
     suggests (§4.3) and PEFT does, n is treated as a constant: it follows A and B in the forward but is
     detached from the gradient, so A and B learn through the LoRA path only.
 
-    The forward stays on the activation side: with g = m / n and d = g − 1 = (m − n) / n (out,),
-        y = u + d ⊙ (u − bias),   u = base(x) + s·B A x,   which is   g ⊙ (W0 x + s·B A x) + bias,
-    one matmul with W0 and LoRA's two thin ones, never the (out, in) matrix W'. It is written with d, not
-    g, because d is small and keeps its precision when cast to bf16 (g = 1 + d would be rounded to steps
-    of 2^-8, hiding a young magnitude update), and because d = 0 leaves base(x) exactly. The row norms need no
+    The forward stays on the activation side: with g = m / n (out,) and u = base(x) + s·B A x,
+        y = g ⊙ u + (1 − g) ⊙ bias   =   g ⊙ (W0 x + s·B A x) + bias,
+    one matmul with W0 and LoRA's two thin ones, never the (out, in) matrix W'; the LoRA product is added
+    into base(x) in place, so the DoRA part costs one pass over the (tokens, out) output forward and two
+    backward. In bf16 (or under autocast) g = 1 + d would be rounded to steps of 2^-8, hiding a young
+    magnitude update, so there the forward works with the small d = (m − n) / n: y = u + d ⊙ (u − bias).
+    Either way g = 1 (d = 0) leaves base(x) exactly. The row norms need no
     (out, in) temporary either:
         n² = ‖W0‖²_row + 2s·rowsum(B ⊙ (W0 Aᵀ)) + s²·rowsum((B (A Aᵀ)) ⊙ B),
     an (out, r) product with W0 per step, independent of the number of tokens (PEFT instead builds
@@ -79,7 +81,7 @@ class DoRALinear(nn.Module):
             return (w0_sq + 2 * s * cross + s * s * square).clamp_min(0).sqrt()
 
     def forward(self, x):
-        A, B = self.A.to(x.dtype), self.B.to(x.dtype)
+        A, B, bias = self.A.to(x.dtype), self.B.to(x.dtype), self.base.bias
         n = self.weight_norm()  # (out,), a constant for autograd
         d = (self.m - n) / n  # m / n − 1
         if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule, see the docstring
@@ -87,12 +89,16 @@ class DoRALinear(nn.Module):
             lora = F.linear(self.scaling * F.linear(x_, A), B)  # s·B A x'
             y = self.base(x) + lora
             return torch.addcmul(y, d.to(y.dtype), F.linear(x_, self.base.weight.to(y.dtype)) + lora)
-        u = self.base(x) + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
-        d = d.to(u.dtype)
-        y = torch.addcmul(u, d, u)  # u + d ⊙ u
-        if self.base.bias is not None:
-            y = y - d * self.base.bias.to(u.dtype)  # − d ⊙ bias: the bias is not rescaled
-        return y
+        if torch.is_autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64):
+            u = self.base(x) + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
+            d = d.to(u.dtype)
+            y = torch.addcmul(u, d, u)  # u + d ⊙ u
+            return y if bias is None else y - d * bias.to(u.dtype)  # − d ⊙ bias: the bias is not rescaled
+        u = self.base(x)
+        # u += s·(x Aᵀ) Bᵀ in place: linear's backward does not need its output, and no extra pass is made
+        u.view(-1, u.shape[-1]).addmm_(F.linear(x, A).view(-1, self.r), B.T, alpha=self.scaling)
+        g = 1 + d  # = m / n
+        return g * u if bias is None else torch.addcmul((1 - g) * bias, g, u)
 
     def delta_weight(self):
         """ΔW = W' − W0 = (m / n) ⊙ (W0 + s·B A) − W0, shaped like base.weight, in float32 (float64 for a
