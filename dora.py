@@ -94,11 +94,13 @@ class DoRALinear(nn.Module):
             d = d.to(u.dtype)
             y = torch.addcmul(u, d, u)  # u + d ⊙ u
             return y if bias is None else y - d * bias.to(u.dtype)  # − d ⊙ bias: the bias is not rescaled
-        u = self.base(x)
+        x2 = x.reshape(-1, x.shape[-1])  # (tokens, in): addmm_ below needs a 2-D tensor that is not a view
+        u = self.base(x2)  # (tokens, out)
         # u += s·(x Aᵀ) Bᵀ in place: linear's backward does not need its output, and no extra pass is made
-        u.view(-1, u.shape[-1]).addmm_(F.linear(x, A).view(-1, self.r), B.T, alpha=self.scaling)
+        u.addmm_(F.linear(x2, A), B.T, alpha=self.scaling)
         g = 1 + d  # = m / n
-        return g * u if bias is None else torch.addcmul((1 - g) * bias, g, u)
+        y = g * u if bias is None else torch.addcmul((1 - g) * bias, g, u)
+        return y.view(*x.shape[:-1], -1)
 
     def delta_weight(self):
         """ΔW = W' − W0 = (m / n) ⊙ (W0 + s·B A) − W0, shaped like base.weight, in float32 (float64 for a
