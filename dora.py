@@ -2,7 +2,7 @@
 output row of the weight, and a trained magnitude vector its length.
 
 This file imports only torch and math, so it can be copied alone into another project:
-    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze everything else
+    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze all that is not an adapter
     ...train...
     merge(model)                    # fold the updates in; plain nn.Linear layers again
 """
@@ -44,13 +44,15 @@ class DoRALinear(nn.Module):
 
     A, B and m are float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base;
     the norms are computed in float32 and the forward casts to the activation's dtype, as lora.py does.
+    model.to(torch.bfloat16) after injection converts A, B and m too, as it converts every parameter:
+    convert the model first, then inject.
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"DoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        if not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -66,13 +68,15 @@ class DoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         # With B = 0 the norm below is ‖W0‖_row, computed the way the forward computes it: m / n is exactly 1.
         self.m = nn.Parameter(self.weight_norm())
+        self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
     @torch.no_grad()
     def weight_norm(self):
         """n = ‖W0 + s·B A‖ per output row (out,), detached, in float32 (float64 for a float64 adapter)."""
         dtype = torch.promote_types(self.A.dtype, torch.float32)
         W0, A, B, s = self.base.weight, self.A.to(dtype), self.B.to(dtype), self.scaling
-        with torch.autocast(W0.device.type, enabled=False):
+        device = "cpu" if W0.is_meta else W0.device.type  # autocast knows no meta device (a model built on meta)
+        with torch.autocast(device, enabled=False):
             w0_sq = torch.linalg.vector_norm(W0, dim=1, dtype=dtype) ** 2  # (out,)
             # W0 Aᵀ (out, r) in W0's own dtype: a bf16 W0 is not copied to a float32 (out, in) matrix.
             w0_at = F.linear(W0, A.to(W0.dtype)).to(dtype)
@@ -123,26 +127,72 @@ class DoRALinear(nn.Module):
         merged.weight.copy_(base.weight + self.delta_weight())
         if base.bias is not None:
             merged.bias.copy_(base.bias)
-        return merged.requires_grad_(False)
+        return merged.requires_grad_(False).train(self.training)
+
+    @property
+    def weight(self):
+        """W0 + ΔW in W0's dtype, for code that reads layer.weight instead of calling the layer.
+
+        nn.MultiheadAttention passes out_proj.weight to its functional form, nn.TransformerEncoderLayer's
+        eval fast path and a tied output head read .weight too. They then compute what this layer computes
+        (without its dropout), and gradients still reach the adapter. Exposing the frozen W0 instead, as
+        PEFT's wrappers do, would make them skip the adapter silently. W0 itself is base.weight.
+        """
+        return (self.base.weight + self.delta_weight()).to(self.base.weight.dtype)
+
+    @property
+    def bias(self):
+        return self.base.bias
 
     def extra_repr(self):
         return f"r={self.r}, alpha={self.alpha}"
 
 
 def inject(model, rank, targets=TARGETS, **kw):
-    """Wrap every nn.Linear named `target` or `*.target` in DoRALinear, freeze all else; return the wrapped names."""
+    """Wrap every nn.Linear named `target` or `*.target` in DoRALinear; return the wrapped names.
+
+    Every parameter that is not an adapter's own is frozen, so a second call (other targets, another rank)
+    leaves the adapters of the first trainable. The model's train/eval mode is kept. A target that names
+    no layer, or a layer that is not a plain nn.Linear (an adapter already, a GPT-2 Conv1D), is an error
+    that names the layer, and then nothing is changed.
+    """
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets must name one or more layers (e.g. {TARGETS}), got {targets!r}")
+    matches = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
+    names, wrapped = [], [n for n, m in model.named_modules() if is_adapter(m)]
+    for name, module in model.named_modules():
+        if not matches(name):
+            continue
+        if is_adapter(module):
+            raise ValueError(f"{name} is already adapted (a {type(module).__name__}); adapters do not nest: "
+                             f"merge it first, or leave it out of targets")
+        inside = next((w for w in wrapped if name.startswith(w + ".")), None)
+        if inside is not None:
+            raise ValueError(f"{name} is part of the adapter at {inside} (a {type(model.get_submodule(inside)).__name__}); "
+                             f"adapters do not nest")
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: DoRALinear adapts y = x W0^T + b "
+                             f"with W0 of shape (out, in), which only nn.Linear guarantees (GPT-2's Conv1D stores "
+                             f"its weight as (in, out))")
+        names.append(name)
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
         raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
     adapters = [DoRALinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
-    model.requires_grad_(False)
     for name, adapter in zip(names, adapters):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, adapter)
+    for module in model.modules():
+        if not is_adapter(module):  # an adapter's own parameters are A, B, m; its frozen base is a module of its own
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
     return names
+
+
+def is_adapter(module):
+    """Whether module is an adapter of lora.py, hira.py, pera.py (or any class of the same shape of API)."""
+    return isinstance(getattr(module, "base", None), nn.Linear) and callable(getattr(module, "delta_weight", None))
 
 
 def merge(model):

@@ -1,7 +1,7 @@
 """LoRAN (Deng et al. 2025, arXiv 2509.21870): LoRA with a structured nonlinearity, Sinter, applied to its update.
 
 This file imports only torch and math, so it can be copied alone into another project:
-    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze everything else
+    names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze all that is not an adapter
     ...train...
     merge(model)                    # fold the updates in; plain nn.Linear layers again
 """
@@ -37,13 +37,15 @@ class LoRANLinear(nn.Module):
     the fused weight would lose every entry of ΔW below bf16's resolution of W0, so in bf16 or under
     autocast the update gets its own matmul (hira.py's docstring has the measurement). B A and Sinter are
     computed in float32; A and B are float32 (float64 for a float64 base) on base.weight's device.
+    model.to(torch.bfloat16) after injection converts A and B too, as it converts every parameter:
+    convert the model first, then inject.
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0, amplitude=5e-4, omega=1e3):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRANLinear wraps an nn.Linear, got {type(base).__name__}")
-        if not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -60,6 +62,7 @@ class LoRANLinear(nn.Module):
         self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
     def forward(self, x):
         autocast = torch.is_autocast_enabled(x.device.type)
@@ -88,26 +91,72 @@ class LoRANLinear(nn.Module):
         merged.weight.copy_(base.weight + self.delta_weight())
         if base.bias is not None:
             merged.bias.copy_(base.bias)
-        return merged.requires_grad_(False)
+        return merged.requires_grad_(False).train(self.training)
+
+    @property
+    def weight(self):
+        """W0 + ΔW in W0's dtype, for code that reads layer.weight instead of calling the layer.
+
+        nn.MultiheadAttention passes out_proj.weight to its functional form, nn.TransformerEncoderLayer's
+        eval fast path and a tied output head read .weight too. They then compute what this layer computes
+        (without its dropout), and gradients still reach the adapter. Exposing the frozen W0 instead, as
+        PEFT's wrappers do, would make them skip the adapter silently. W0 itself is base.weight.
+        """
+        return (self.base.weight + self.delta_weight()).to(self.base.weight.dtype)
+
+    @property
+    def bias(self):
+        return self.base.bias
 
     def extra_repr(self):
         return f"r={self.r}, alpha={self.alpha}, amplitude={self.amplitude}, omega={self.omega}"
 
 
 def inject(model, rank, targets=TARGETS, **kw):
-    """Wrap every nn.Linear named `target` or `*.target` in LoRANLinear, freeze all else; return the wrapped names."""
+    """Wrap every nn.Linear named `target` or `*.target` in LoRANLinear; return the wrapped names.
+
+    Every parameter that is not an adapter's own is frozen, so a second call (other targets, another rank)
+    leaves the adapters of the first trainable. The model's train/eval mode is kept. A target that names
+    no layer, or a layer that is not a plain nn.Linear (an adapter already, a GPT-2 Conv1D), is an error
+    that names the layer, and then nothing is changed.
+    """
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets must name one or more layers (e.g. {TARGETS}), got {targets!r}")
+    matches = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
+    names, wrapped = [], [n for n, m in model.named_modules() if is_adapter(m)]
+    for name, module in model.named_modules():
+        if not matches(name):
+            continue
+        if is_adapter(module):
+            raise ValueError(f"{name} is already adapted (a {type(module).__name__}); adapters do not nest: "
+                             f"merge it first, or leave it out of targets")
+        inside = next((w for w in wrapped if name.startswith(w + ".")), None)
+        if inside is not None:
+            raise ValueError(f"{name} is part of the adapter at {inside} (a {type(model.get_submodule(inside)).__name__}); "
+                             f"adapters do not nest")
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: LoRANLinear adapts y = x W0^T + b "
+                             f"with W0 of shape (out, in), which only nn.Linear guarantees (GPT-2's Conv1D stores "
+                             f"its weight as (in, out))")
+        names.append(name)
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
         raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
     adapters = [LoRANLinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
-    model.requires_grad_(False)
     for name, adapter in zip(names, adapters):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, adapter)
+    for module in model.modules():
+        if not is_adapter(module):  # an adapter's own parameters are A, B; its frozen base is a module of its own
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
     return names
+
+
+def is_adapter(module):
+    """Whether module is an adapter of lora.py, hira.py, pera.py (or any class of the same shape of API)."""
+    return isinstance(getattr(module, "base", None), nn.Linear) and callable(getattr(module, "delta_weight", None))
 
 
 def merge(model):

@@ -585,7 +585,7 @@ def test_a_second_inject_leaves_the_first_adapters_trainable(first, second):
     mlp = METHODS[second].inject(model, 2, targets=("up_proj", "down_proj"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {f"{name}.{p}" for names, method in ((attention, first), (mlp, second)) for name in names
-                for p in (("A", "B", "h") if method == "pera" else ("A", "B"))}
+                for p in TRAINABLE[method]}
     assert trainable == expected
     before = snapshot(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -715,12 +715,13 @@ def test_the_readmes_adapter_only_state_dict_round_trip(method, tmp_path):
     for i, layer in enumerate(m for m in model.modules() if isinstance(m, ADAPTER[method])):
         randomize(layer, seed=i, std=0.1)
     # the README's two lines
-    torch.save({k: v for k, v in model.state_dict().items() if k.endswith((".A", ".B", ".h"))}, tmp_path / "adapter.pt")
+    keys = (".A", ".B", ".h", ".m")
+    torch.save({k: v for k, v in model.state_dict().items() if k.endswith(keys)}, tmp_path / "adapter.pt")
     fresh = tiny_model()
     METHODS[method].inject(fresh, 4)
     result = fresh.load_state_dict(torch.load(tmp_path / "adapter.pt"), strict=False)
     assert not result.unexpected_keys
-    assert sorted(result.missing_keys) == sorted(k for k in model.state_dict() if not k.endswith((".A", ".B", ".h")))
+    assert sorted(result.missing_keys) == sorted(k for k in model.state_dict() if not k.endswith(keys))
     with torch.no_grad():
         assert torch.equal(fresh(tokens()), model(tokens()))
 
