@@ -45,7 +45,7 @@ def random_adapter(model_dir, folder, method, seed=0, **kw):
 # -----------------------------------------------------------------------------
 # merge.py
 
-@pytest.mark.parametrize("method", ["lora", "hira"])
+@pytest.mark.parametrize("method", ["lora", "hira", "dora"])
 def test_merged_folder_gives_the_logits_transformers_and_peft_compute(tmp_path, method):
     base = shared("fixtures", "models", "tiny-llama")
     out = tmp_path / "merged"
@@ -80,7 +80,7 @@ def test_merged_pera_is_unmerged_pera_and_keeps_the_tokenizer(tmp_path, stories_
     assert json.loads((out / "merged_from.json").read_text())["settings"] == adapters.settings("pera", 4, **kw)
 
 
-@pytest.mark.parametrize("method", ["lora", "hira", "pera"])
+@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran"])
 def test_merged_qwen2_keeps_its_biases_and_gives_the_adapted_logits(tmp_path, method):
     base = HERE_FIXTURES / "models" / "tiny-qwen2"  # q/k/v biases, tied embeddings
     adapter = random_adapter(base, tmp_path / method, method)
