@@ -30,7 +30,7 @@ TENSOR_KEYS = {
     "dora": {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"},
     "loran": {"A": "loran_A", "B": "loran_B"},
 }
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = lora.TARGETS  # the same tuple in all five adapter files (tests/test_shared_parts.py)
 
 
 def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, terms="all", degree=2, init="code",

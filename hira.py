@@ -143,7 +143,7 @@ def inject(model, rank, targets=TARGETS, **kw):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, adapter)
     for module in model.modules():
-        if not is_adapter(module):  # an adapter's own parameters are A, B (h); its frozen base is a module of its own
+        if not is_adapter(module):  # an adapter's own A, B, ... stay trainable; its frozen base is a module of its own
             for p in module.parameters(recurse=False):
                 p.requires_grad_(False)
     return names
