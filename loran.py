@@ -155,7 +155,7 @@ def inject(model, rank, targets=TARGETS, **kw):
 
 
 def is_adapter(module):
-    """Whether module is an adapter of lora.py, hira.py, pera.py (or any class of the same shape of API)."""
+    """Whether module is an adapter of lora.py, hira.py, pera.py, dora.py, loran.py (or any class of their shape of API)."""
     return isinstance(getattr(module, "base", None), nn.Linear) and callable(getattr(module, "delta_weight", None))
 
 

@@ -111,7 +111,7 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
     clock = torch.load(out / "checkpoint" / "state.pt", weights_only=False)["clock"]
     metrics = train.main(train_args(f"{stories_dir}/", f"{data_dir}/./", out, *COMMON, "--resume"))
     assert metrics["seconds"] == round(clock["seconds"], 1) > 0 and metrics["seconds_per_step"] > 0
-    assert metrics["tokens_per_second"] == pytest.approx(straight[1]["tokens_per_second"], rel=0.9)
+    assert metrics["tokens_per_second"] == round(clock["tokens"] / clock["seconds"], 1) and clock["tokens"] > 0
     assert_same_run(straight[0], out)
 
 

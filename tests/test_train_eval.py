@@ -148,7 +148,7 @@ def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, d
                                                 "log.jsonl", "metrics.json", "checkpoint"}
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == adapters.PEFT_TYPES[method] and config["r"] == 4
-    assert config["base_model_name_or_path"] == str(stories_dir)
+    assert config["base_model_name_or_path"] == str(stories_dir.resolve())  # resolved: eval.py works from anywhere
     assert len((out / "log.jsonl").read_text().splitlines()) == 12
     # the saved adapter is the best by validation loss, and reloads to give the logits it gave then
     best_step = metrics["best_step"]
