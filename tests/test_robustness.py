@@ -31,6 +31,15 @@ from tokenizer import Tokenizer
 COMMON = ["--method", "pera", "--max-steps", "6", "--lr", "5e-3", "--eval-every", "3", "--dropout", "0.1"]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_is_a_keyboard_interrupt():
+    """Ctrl-C as in a terminal, even where the test runner itself ignores SIGINT (a shell's background job
+    inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler): these tests send real SIGINTs."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def stories_dir():
     return shared("fixtures", "models", "stories260K")
