@@ -44,7 +44,8 @@ from tqdm import tqdm
 import adapters
 import cli
 import dora
-from model import Config, Transformer, save_safetensors
+from model import Config, Transformer
+from safetensors_io import save_safetensors
 from train import DEFAULT_DROPOUT, collate, epoch_batches, loss_sum
 
 # Public models' shapes, for machines without their weights (random initialisation; the cost is the same).

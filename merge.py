@@ -20,7 +20,8 @@ import torch
 
 import adapters
 import cli
-from model import Transformer, load_checkpoint_tensors, save_safetensors
+from model import Transformer
+from safetensors_io import load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}

@@ -1,15 +1,14 @@
 """A LLaMA-family decoder (Llama 2/3, Qwen2, SmolLM2) that loads Hugging Face checkpoints.
 
-Read it top to bottom: the safetensors format, the config, the layers, loading, generation.
+Read it top to bottom: the config, the layers, the model, loading, generation (the checkpoint files
+themselves are read by safetensors_io.py).
 Module and parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...),
 so a checkpoint's tensors load with no mapping table, and adapters target layers by the names the
 papers use (q_proj, k_proj, v_proj, up_proj, down_proj).
 """
 import json
 import math
-import mmap
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -17,86 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-# -----------------------------------------------------------------------------
-# safetensors: 8-byte little-endian header length, a JSON header, then the raw tensor bytes.
-# The header maps each name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the
-# data that follows the header); an optional "__metadata__" entry holds string pairs.
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-
-
-def load_safetensors(path) -> dict:
-    """Read every tensor of a .safetensors file, memory-mapped (no copy until a tensor is written)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
-        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private pages: writable, file untouched
-    n = int.from_bytes(buffer[:8], "little")
-    if n > size - 8:
-        raise ValueError(f"{path}: corrupt safetensors file (header of {n} bytes in a {size}-byte file; truncated?)")
-    try:
-        header = json.loads(bytes(buffer[8:8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    start, end_of_data = 8 + n, size - 8 - n
-    tensors = {}
-    for name, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: corrupt or unsupported header entry for tensor '{name}': {info}") from None
-        numel = math.prod(shape)
-        if end - begin != numel * dtype.itemsize or not 0 <= begin <= end <= end_of_data:
-            raise ValueError(f"{path}: tensor '{name}' has data_offsets {[begin, end]} that do not fit its "
-                             f"shape {shape} {info['dtype']} or the file ({end_of_data} data bytes; truncated?)")
-        if numel == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            tensors[name] = torch.frombuffer(buffer, dtype=dtype, count=numel, offset=start + begin).view(shape)
-    return tensors
-
-
-def save_safetensors(tensors: dict, path, metadata: dict | None = None):
-    """Write tensors to a .safetensors file atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    header, offset, arrays = {}, 0, []
-    for name, t in tensors.items():
-        if t.dtype not in DTYPE_NAMES:
-            raise ValueError(f"cannot save tensor '{name}' of dtype {t.dtype} in safetensors")
-        t = t.detach().to("cpu").contiguous()
-        nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
-        arrays.append(t.reshape(-1).view(torch.uint8))
-        offset += nbytes
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # pad so the data starts 8-byte aligned
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            for a in arrays:
-                f.write(memoryview(a.numpy()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
+from safetensors_io import load_checkpoint_tensors
 
 # -----------------------------------------------------------------------------
 # Config: one dataclass, filled from the checkpoint's own config.json.
@@ -196,6 +116,9 @@ class Config:
         return d
 
 
+# -----------------------------------------------------------------------------
+# The layers: rotary position embeddings, RMSNorm, attention (with its KV cache), the MLP, the block.
+
 def rope_inv_freq(config: Config) -> torch.Tensor:
     """The rotary frequencies theta^(-2i/d), with Llama 3's or linear scaling applied (float32)."""
     dim = config.head_dim
@@ -226,9 +149,6 @@ def apply_rope(x, cos, sin):
     # Hugging Face's layout: the head dimension is split in two halves (not interleaved pairs).
     return x * cos + rotate_half(x) * sin
 
-
-# -----------------------------------------------------------------------------
-# The layers.
 
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
@@ -310,6 +230,9 @@ class Block(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+
+# -----------------------------------------------------------------------------
+# The model: embeddings, the blocks, the final norm and the output head; then loading and generation.
 
 class Transformer(nn.Module):
     def __init__(self, config: Config):
@@ -459,26 +382,3 @@ class Transformer(nn.Module):
             if mask is not None:
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=idx.device)], dim=1)
         return torch.cat(out, dim=1)
-
-
-def load_checkpoint_tensors(path: Path) -> dict:
-    """All tensors of a model folder: model.safetensors, or the shards named by model.safetensors.index.json."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (path / shard).is_file():
-                raise FileNotFoundError(f"{index}: shard {shard} is missing")
-            for k, t in load_safetensors(path / shard).items():
-                if weight_map.get(k) != shard:
-                    raise ValueError(f"{path / shard}: tensor '{k}' is not listed for this shard in {index.name}")
-                tensors[k] = t
-        return tensors
-    single = path / "model.safetensors"
-    if not single.is_file():
-        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    return load_safetensors(single)

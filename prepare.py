@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 import cli
 from commonsense import TASKS, load_records
-from model import save_safetensors
+from safetensors_io import save_safetensors
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB_URL = "https://huggingface.co"

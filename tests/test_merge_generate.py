@@ -15,7 +15,8 @@ import commonsense
 import generate
 import merge
 from conftest import HERE_FIXTURES, shared
-from model import Transformer, load_safetensors
+from model import Transformer
+from safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
 

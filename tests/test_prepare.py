@@ -20,7 +20,8 @@ import torch
 
 import prepare
 from conftest import HERE_FIXTURES, ROOT, shared
-from model import Transformer, load_safetensors, save_safetensors
+from model import Transformer
+from safetensors_io import load_safetensors, save_safetensors
 from tokenizer import Tokenizer
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once

@@ -24,7 +24,8 @@ import generate
 import merge
 import train
 from conftest import HERE_FIXTURES, ROOT, shared
-from model import Transformer, load_safetensors
+from model import Transformer
+from safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
 # The run every interrupted or killed run below must end up as (save_every changes no result).
@@ -534,7 +535,7 @@ def test_merge_bad_output_folder_and_config_are_one_line(trained_adapter, tmp_pa
 
 
 def test_merge_and_generate_ctrl_c_is_one_line(trained_adapter, stories_dir, tmp_path, monkeypatch, capsys):
-    import model as model_module
+    import safetensors_io
 
     def interrupting(real):
         def wrapped(*a, **kw):
@@ -543,7 +544,7 @@ def test_merge_and_generate_ctrl_c_is_one_line(trained_adapter, stories_dir, tmp
         return wrapped
 
     with monkeypatch.context() as m:  # while merge.py writes the weights
-        m.setattr(model_module, "save_safetensors", interrupting(model_module.save_safetensors))
+        m.setattr(safetensors_io, "save_safetensors", interrupting(safetensors_io.save_safetensors))
         code = run_as_script("merge.py", ["--adapter", str(trained_adapter), "--out", str(tmp_path / "merged")], m)
     assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
     assert not (tmp_path / "merged").exists()

@@ -16,7 +16,8 @@ import adapters
 import eval as evaluate
 import train
 from conftest import ROOT, shared
-from model import Transformer, load_safetensors
+from model import Transformer
+from safetensors_io import load_safetensors
 
 from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 

@@ -10,7 +10,8 @@ import commonsense
 import eval as evaluate
 import train
 from conftest import HERE_FIXTURES, shared
-from model import Transformer, load_safetensors
+from model import Transformer
+from safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
 SPEC_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
