@@ -513,12 +513,13 @@ def sharded_checkpoint(folder, target_bytes, shard_bytes=256 * 2 ** 20, d=2048):
     """A random bf16 Llama-style checkpoint of about target_bytes, in shards, with its index and config."""
     f = d * 11 // 4
     layers = max(1, round((target_bytes / 2 - 2 * 32000 * d) / (4 * d * d + 3 * d * f)))
-    config = Config(vocab_size=32000, hidden_size=d, intermediate_size=f, num_hidden_layers=layers,
-                    num_attention_heads=d // 128, num_key_value_heads=d // 128)
+    hf = {"model_type": "llama", "vocab_size": 32000, "hidden_size": d, "intermediate_size": f,
+          "num_hidden_layers": layers, "num_attention_heads": d // 128, "num_key_value_heads": d // 128}
+    config = Config.from_hf(hf)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config.to_hf()))
+    (folder / "config.json").write_text(json.dumps(hf))
     weight_map, shard, size, total = {}, {}, 0, 0
     g = torch.Generator().manual_seed(0)
 

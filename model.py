@@ -8,7 +8,7 @@ papers use (q_proj, k_proj, v_proj, up_proj, down_proj).
 """
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,19 +101,6 @@ class Config:
             mlp_bias=bool(d.get("mlp_bias", False)),
             bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"), model_type=model_type,
         )
-
-    def to_hf(self) -> dict:
-        """The config.json that transformers reads back as the same model."""
-        d = {"architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
-             "model_type": self.model_type, "hidden_act": "silu"}
-        for f in fields(self):
-            if f.name not in ("qkv_bias", "o_bias", "model_type", "rope_scaling"):
-                d[f.name] = getattr(self, f.name)
-        d["rope_scaling"] = self.rope_scaling
-        if self.model_type == "llama":
-            d["attention_bias"] = self.qkv_bias
-            d["mlp_bias"] = self.mlp_bias
-        return d
 
 
 # -----------------------------------------------------------------------------
