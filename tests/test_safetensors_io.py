@@ -1,11 +1,12 @@
-"""safetensors_io.py: the format read and written exactly, and corrupt files refused naming the file."""
+"""safetensors_io.py: the format read and written exactly; corrupt files, bad entries and bad indexes refused
+naming the file."""
 import json
 
 import pytest
 import torch
 
 from conftest import shared
-from safetensors_io import load_safetensors, save_safetensors
+from safetensors_io import load_checkpoint_tensors, load_safetensors, save_safetensors
 
 
 def test_safetensors_round_trip(tmp_path):
@@ -46,3 +47,52 @@ def test_corrupt_safetensors_is_rejected_naming_the_file(tmp_path, damage, messa
     with pytest.raises(ValueError, match=message) as e:
         load_safetensors(bad)
     assert str(bad) in str(e.value)
+
+
+def safetensors_bytes(header: dict, data: bytes) -> bytes:
+    blob = json.dumps(header).encode()
+    return len(blob).to_bytes(8, "little") + blob + data
+
+
+@pytest.mark.parametrize("header, message", [
+    ([], "corrupt safetensors header (not a JSON object)"),
+    ({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, "corrupt or unsupported header entry for tensor 'w'"),
+    ({"w": {"dtype": "F32", "shape": [2]}}, "corrupt or unsupported header entry for tensor 'w'"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "tensor 'w' has data_offsets [0, 8] that do not fit its shape [3] F32"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, "or the file (8 data bytes; truncated?)"),
+])
+def test_bad_header_entries_name_the_file_and_the_tensor(tmp_path, header, message):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(safetensors_bytes(header, bytes(8)))
+    with pytest.raises(ValueError) as e:
+        load_safetensors(bad)
+    assert str(e.value).startswith(f"{bad}: ") and message in str(e.value)
+
+
+def test_an_unsupported_dtype_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot save tensor 'z' of dtype torch.complex64"):
+        save_safetensors({"a": torch.ones(2), "z": torch.ones(2, dtype=torch.complex64)}, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sharded_folder_is_read_through_its_index_and_checked_against_it(tmp_path):
+    a, b = torch.arange(3.0), torch.ones(2, 2)
+    save_safetensors({"a": a}, tmp_path / "s1.safetensors")
+    save_safetensors({"b": b}, tmp_path / "s2.safetensors")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    tensors = load_checkpoint_tensors(tmp_path)
+    assert tensors.keys() == {"a", "b"} and torch.equal(tensors["a"], a) and torch.equal(tensors["b"], b)
+    index.write_text(json.dumps({"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors"}}))  # swapped
+    with pytest.raises(ValueError) as e:
+        load_checkpoint_tensors(tmp_path)
+    assert str(e.value) == f"{tmp_path / 's1.safetensors'}: tensor 'a' is not listed for this shard in {index.name}"
+    for content in ("{oops", json.dumps({"metadata": {}})):
+        index.write_text(content)
+        with pytest.raises(ValueError) as e:
+            load_checkpoint_tensors(tmp_path)
+        assert str(e.value).startswith(f"{index}: not a valid safetensors index")
+    index.unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        load_checkpoint_tensors(tmp_path)
+    assert str(e.value) == f"{tmp_path}: no model.safetensors or model.safetensors.index.json"
