@@ -16,14 +16,18 @@ TERMS = ("all", "square", "cross")
 INITS = ("code", "paper")
 
 
-def multisets(r, size, first=0):
-    """Every non-decreasing index tuple of length `size` over first..r-1, in lexicographic order.
+def pairs(r, terms="all"):
+    """The index pairs (i, j), i ≤ j, of Eq. 9's terms as a (2, P) tensor, in h's order.
 
-    For size 2 this is torch.triu_indices(r, r) order: (0, 0), (0, 1), ..., (0, r-1), (1, 1), ...
+    The order is torch.triu_indices(r, r)'s, as in the authors' code: (0, 0), (0, 1), ..., (0, r-1), (1, 1), ...
+    terms="square" keeps i = j (Eq. 10), "cross" keeps i < j (Eq. 11).
     """
-    if size == 0:
-        return [()]
-    return [(i,) + rest for i in range(first, r) for rest in multisets(r, size - 1, i)]
+    # Built on the CPU even under torch.device("meta"), and with no mask by value, which the data-free
+    # tensors of torch's FakeTensorMode (bench.py's memory planner) cannot compute.
+    if terms == "square":  # i = j
+        i = torch.arange(r, device="cpu")
+        return torch.stack([i, i])  # (2, r)
+    return torch.triu_indices(r, r, offset=int(terms == "cross"), device="cpu")  # (2, P): i ≤ j, or i < j for "cross"
 
 
 class PERALinear(nn.Module):
@@ -42,10 +46,8 @@ class PERALinear(nn.Module):
     (Eq. 10, P = r), "cross" only i < j (Eq. 11, P = r(r-1)/2). The authors' ablations froze the other
     half of h at zero; leaving those terms out is the same function with fewer parameters.
 
-    degree k > 2, which the paper leaves open: every multiset of 2..k indices i ≤ j ≤ l ≤ ... adds
-    h · (b_i ⊙ b_j ⊙ b_l ...)(a_i ⊙ a_j ⊙ a_l ...)^T. h lists the pairs first (triu order), then the
-    triples in lexicographic order, and so on. "square" keeps the pure powers (all indices equal, e.g.
-    b_i ⊙ b_i ⊙ b_i), "cross" every multiset with two or more distinct indices.
+    degree k > 2, which the paper leaves open, adds products of three to k factors after the pairs; it is an
+    extension beyond the paper, kept apart at the end of this file (`degree_k_factors`).
 
     init="code" (the default) follows the authors' code: A Kaiming-uniform, B = 0, h = 0. init="paper"
     follows the paper's text: A = 0, B Gaussian, h = 0. The paper gives no std; we take 1/r, the std PEFT's
@@ -91,49 +93,45 @@ class PERALinear(nn.Module):
         self.init = init
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-        kept = []
-        for size in range(2, degree + 1):
-            for m in multisets(rank, size):
-                if terms == "all" or (terms == "square") == (len(set(m)) == 1):
-                    kept.append(m + (rank,) * (degree - size))  # index r pads to `degree`; it selects a row of ones
-        self.kept = kept  # the index tuples of the terms, in h's order
-        self._idx = None  # their tensor, built by `idx` on A's device
         w = base.weight
         dtype = torch.promote_types(w.dtype, torch.float32)
         self.A = nn.Parameter(torch.zeros(rank, base.in_features, device=w.device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
-        self.h = nn.Parameter(torch.zeros(len(kept), device=w.device, dtype=dtype))
+        self._idx = None  # the terms' indices, built by `idx` on A's device
+        self.h = nn.Parameter(torch.zeros(self.idx.shape[1], device=w.device, dtype=dtype))  # (P,), in idx's order
         if init == "code":  # the authors' code, LoRA's init: ΔW = 0 because B = 0
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         else:  # the paper's text: ΔW = 0 because A = 0
             nn.init.normal_(self.B, std=1 / rank)
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
+    def expanded_factors(self):
+        """B̂ (out, r + P) and Â (r + P, in), with ΔW = s · B̂ Â: Eq. 9 as two concatenations."""
+        if self.degree > 2:
+            return degree_k_factors(self)  # beyond the paper: see the end of this file
+        A, B, h = self.A, self.B, self.h  # (r, in), (out, r), (P,)
+        i, j = self.idx  # (P,) each: torch.triu_indices(r, r), filtered by `terms` (see `pairs`)
+        # A[i] ⊙ A[j] and B[:, i] ⊙ B[:, j], written with index_select: same values, twice as fast a backward
+        A_terms = A.index_select(0, i) * A.index_select(0, j)  # (P, in): row p is a_i ⊙ a_j
+        B_terms = B.index_select(1, i) * B.index_select(1, j)  # (out, P): column p is b_i ⊙ b_j
+        A_hat = torch.cat([A, h[:, None] * A_terms])  # Â = [A; h ⊙ (A[i] ⊙ A[j])]  (r + P, in): h, A side only
+        B_hat = torch.cat([B, B_terms], dim=1)  # B̂ = [B, B[:, i] ⊙ B[:, j]]  (out, r + P)
+        return B_hat, A_hat
+
     @property
     def idx(self):
-        """(degree, P) indices: column p holds those of term p; for degree 2 and "all" it is triu_indices(r, r).
+        """(2, P): rows i and j of the kept pairs, in h's order (`pairs`); (degree, P) for degree > 2.
 
         Derived from r, terms and degree, never stored: a buffer is the one thing the meta-device path
         (to_empty() then load_state_dict) cannot restore, since a state_dict holds only A, B, h and the base.
         """
         if self._idx is None or self._idx.device != self.A.device:
-            self._idx = torch.tensor(self.kept, device=self.A.device).T.contiguous()
+            if self.degree == 2:
+                idx = pairs(self.r, self.terms)
+            else:
+                idx = degree_k_indices(self.r, self.terms, self.degree)
+            self._idx = idx.to(self.A.device)
         return self._idx
-
-    def expanded_factors(self):
-        """B̂ (out, r + P) and Â (r + P, in), with ΔW = s · B̂ Â."""
-        A, B = self.A, self.B
-        if self.degree > 2:  # terms of fewer than `degree` indices are padded with index r: ones, a no-op factor
-            A = torch.cat([A, A.new_ones(1, A.shape[1])])  # (r + 1, in)
-            B = torch.cat([B, B.new_ones(B.shape[0], 1)], dim=1)  # (out, r + 1)
-        # index_select rather than A[idx]: same values, and its backward (an index_add) is twice as fast
-        A_terms, B_terms = A.index_select(0, self.idx[0]), B.index_select(1, self.idx[0])  # (P, in), (out, P)
-        for k in self.idx[1:]:
-            A_terms = A_terms * A.index_select(0, k)  # a_i ⊙ a_j (⊙ a_l ...)
-            B_terms = B_terms * B.index_select(1, k)  # b_i ⊙ b_j (⊙ b_l ...)
-        A_hat = torch.cat([self.A, self.h[:, None] * A_terms])  # (r + P, in); h weighs the A side only
-        B_hat = torch.cat([self.B, B_terms], dim=1)  # (out, r + P)
-        return B_hat, A_hat
 
     def forward(self, x):
         B_hat, A_hat = self.expanded_factors()
@@ -251,3 +249,44 @@ def merge(model):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.merge())
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Beyond the paper: degree k > 2, the paper's open question. Every multiset of 2..k indices
+# i ≤ j ≤ l ≤ ... adds h · (b_i ⊙ b_j ⊙ b_l ...)(a_i ⊙ a_j ⊙ a_l ...)^T. h lists the pairs first (triu order),
+# then the triples in lexicographic order, and so on. "square" keeps the pure powers (all indices equal,
+# e.g. b_i ⊙ b_i ⊙ b_i), "cross" every multiset with two or more distinct indices.
+
+def multisets(r, size, first=0):
+    """Every non-decreasing index tuple of length `size` over first..r-1, in lexicographic order.
+
+    For size 2 this is torch.triu_indices(r, r) order: (0, 0), (0, 1), ..., (0, r-1), (1, 1), ...
+    """
+    if size == 0:
+        return [()]
+    return [(i,) + rest for i in range(first, r) for rest in multisets(r, size - 1, i)]
+
+
+def degree_k_indices(r, terms, degree):
+    """(degree, P): column p holds the indices of term p, in h's order, padded to `degree` with index r."""
+    kept = []
+    for size in range(2, degree + 1):
+        for m in multisets(r, size):
+            if terms == "all" or (terms == "square") == (len(set(m)) == 1):
+                kept.append(m + (r,) * (degree - size))  # index r pads to `degree`; it selects a row of ones
+    return torch.tensor(kept, device="cpu").T.contiguous()
+
+
+def degree_k_factors(layer):
+    """B̂ (out, r + P) and Â (r + P, in) of a PERALinear of degree k > 2, with ΔW = s · B̂ Â."""
+    # terms of fewer than `degree` indices are padded with index r: ones, a no-op factor
+    A = torch.cat([layer.A, layer.A.new_ones(1, layer.A.shape[1])])  # (r + 1, in)
+    B = torch.cat([layer.B, layer.B.new_ones(layer.B.shape[0], 1)], dim=1)  # (out, r + 1)
+    idx = layer.idx  # (degree, P)
+    A_terms, B_terms = A.index_select(0, idx[0]), B.index_select(1, idx[0])  # (P, in), (out, P)
+    for row in idx[1:]:
+        A_terms = A_terms * A.index_select(0, row)  # a_i ⊙ a_j ⊙ a_l ...
+        B_terms = B_terms * B.index_select(1, row)  # b_i ⊙ b_j ⊙ b_l ...
+    A_hat = torch.cat([layer.A, layer.h[:, None] * A_terms])  # (r + P, in); h weighs the A side only
+    B_hat = torch.cat([layer.B, B_terms], dim=1)  # (out, r + P)
+    return B_hat, A_hat
