@@ -50,7 +50,7 @@ class HiRALinear(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base.requires_grad_(False)
-        self.r = rank
+        self.rank = rank  # r in the papers
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         w = base.weight
         dtype = torch.promote_types(w.dtype, torch.float32)
@@ -104,7 +104,7 @@ class HiRALinear(nn.Module):
         return self.base.bias
 
     def extra_repr(self):
-        return f"r={self.r}"
+        return f"rank={self.rank}"
 
 
 def inject(model, rank, targets=TARGETS, **kw):

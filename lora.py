@@ -39,7 +39,7 @@ class LoRALinear(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base.requires_grad_(False)
-        self.r = rank
+        self.rank = rank  # r in the papers
         self.alpha = rank if alpha is None else alpha
         self.scaling = self.alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -91,7 +91,7 @@ class LoRALinear(nn.Module):
         return self.base.bias
 
     def extra_repr(self):
-        return f"r={self.r}, alpha={self.alpha}"
+        return f"rank={self.rank}, alpha={self.alpha}"
 
 
 def inject(model, rank, targets=TARGETS, **kw):

@@ -52,7 +52,7 @@ class LoRANLinear(nn.Module):
         if not (math.isfinite(amplitude) and math.isfinite(omega)):
             raise ValueError(f"amplitude and omega must be finite, got {amplitude} and {omega}")
         self.base = base.requires_grad_(False)
-        self.r = rank
+        self.rank = rank  # r in the papers
         self.alpha = rank if alpha is None else alpha
         self.scaling = self.alpha / rank
         self.amplitude, self.omega = float(amplitude), float(omega)
@@ -109,7 +109,7 @@ class LoRANLinear(nn.Module):
         return self.base.bias
 
     def extra_repr(self):
-        return f"r={self.r}, alpha={self.alpha}, amplitude={self.amplitude}, omega={self.omega}"
+        return f"rank={self.rank}, alpha={self.alpha}, amplitude={self.amplitude}, omega={self.omega}"
 
 
 def inject(model, rank, targets=TARGETS, **kw):

@@ -85,7 +85,7 @@ class PERALinear(nn.Module):
         if terms == "cross" and rank == 1:
             raise ValueError("terms='cross' with rank 1 keeps no terms: cross terms need two distinct indices")
         self.base = base.requires_grad_(False)
-        self.r = rank
+        self.rank = rank  # r in the papers
         self.alpha = rank if alpha is None else alpha
         self.scaling = self.alpha / rank
         self.terms = terms
@@ -127,9 +127,9 @@ class PERALinear(nn.Module):
         """
         if self._idx is None or self._idx.device != self.A.device:
             if self.degree == 2:
-                idx = pairs(self.r, self.terms)
+                idx = pairs(self.rank, self.terms)
             else:
-                idx = degree_k_indices(self.r, self.terms, self.degree)
+                idx = degree_k_indices(self.rank, self.terms, self.degree)
             self._idx = idx.to(self.A.device)
         return self._idx
 
@@ -176,8 +176,8 @@ class PERALinear(nn.Module):
         return self.base.bias
 
     def extra_repr(self):
-        return (f"r={self.r}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, init={self.init!r}, "
-                f"P={len(self.h)}")
+        return (f"rank={self.rank}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, "
+                f"init={self.init!r}, P={len(self.h)}")
 
 
 @torch.no_grad()
@@ -189,7 +189,7 @@ def polynomial_share(layer):
     step. The factors are built in the layer's own dtype (pass a float64 copy for a float64 figure).
     """
     B_hat, A_hat = (t.detach().double() for t in layer.expanded_factors())
-    r = layer.r
+    r = layer.rank
     sq_norm = lambda X, Y: ((X.T @ X) * (Y @ Y.T)).sum()  # noqa: E731  ‖X Y‖_F²
     lora_part = sq_norm(B_hat[:, :r], A_hat[:r])
     return float((sq_norm(B_hat[:, r:], A_hat[r:]) / lora_part).sqrt()) if lora_part > 0 else 0.0

@@ -80,10 +80,10 @@ def make_layer(method, terms, init, W0, rank):
 def rank_bound(layer):
     out_features, in_features = layer.base.weight.shape
     if isinstance(layer, pera.PERALinear):
-        return min(layer.r + len(layer.h), out_features, in_features)
+        return min(layer.rank + len(layer.h), out_features, in_features)
     if isinstance(layer, hira.HiRALinear):
         return min(out_features, in_features)  # rank(W0) · r, capped: W0 is full rank here
-    return layer.r
+    return layer.rank
 
 
 def fit(layer, T, steps, lr, tol):

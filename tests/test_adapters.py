@@ -78,7 +78,7 @@ def paper_delta(adapter, A=None, B=None, h=None, m=None):
     B = adapter.B if B is None else B
     if isinstance(adapter, hira.HiRALinear):
         return adapter.base.weight * (B @ A)
-    s = adapter.alpha / adapter.r
+    s = adapter.alpha / adapter.rank
     if isinstance(adapter, dora.DoRALinear):
         # DoRA Eq. 5: W' = m ⊙ V / ‖V‖_row with V = W0 + s B A; the norm is a constant for autograd (§4.3)
         m = adapter.m if m is None else m
@@ -107,7 +107,7 @@ def paper_delta(adapter, A=None, B=None, h=None, m=None):
                             dW = dW + h[k] * torch.outer(B[:, i] * B[:, j] * B[:, l], A[i] * A[j] * A[l])
                             k += 1
         assert adapter.degree <= 3 and k == len(h), "the reference covers degrees 2 and 3"
-    return adapter.alpha / adapter.r * dW
+    return adapter.alpha / adapter.rank * dW
 
 
 def snapshot(module):

@@ -63,7 +63,7 @@ def test_unknown_init_is_a_value_error_and_inject_passes_init():
 def h_gradient_by_the_formula(layer, G):
     """∂L/∂h_p = s · (b_i ⊙ b_j)ᵀ G (a_i ⊙ a_j) for term p = (i, j), with G = ∂L/∂ΔW; float64, one term at a time."""
     A, B, s = layer.A.detach(), layer.B.detach(), layer.scaling
-    pairs = [(i, j) for i in range(layer.r) for j in range(i, layer.r)
+    pairs = [(i, j) for i in range(layer.rank) for j in range(i, layer.rank)
              if layer.terms == "all" or (layer.terms == "square") == (i == j)]
     return torch.stack([s * (B[:, i] * B[:, j]) @ G @ (A[i] * A[j]) for i, j in pairs])
 
