@@ -657,7 +657,7 @@ def main(argv=None):
             v.peak_mb += [peak] if peak is not None else []
 
     # Inference with every adapter merged: plain linears again, so it should cost what the base costs.
-    merged = {v.label + str(v.rank): {n: layer.merge() for n, layer in v.layers.items()} if v.method != "none"
+    merged = {v.label + str(v.rank): {n: layer.merged() for n, layer in v.layers.items()} if v.method != "none"
               else v.layers for v in variants}
     with torch.no_grad(), autocast():
         for k in tqdm(range(args.warmup + args.infer_rounds), desc="merged inference (rounds)"):

@@ -48,7 +48,7 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
         raise FileExistsError(f"{out} already exists; choose another --out or remove it")
     stored = {k: t.dtype for k, t in load_checkpoint_tensors(model_dir).items()}  # memory-mapped: nothing read yet
     out_dtype = {k: dtype or d for k, d in stored.items()}
-    # ΔW is summed into W0 in float32 (merge() does that for any W0 dtype), so when every tensor is written in
+    # ΔW is summed into W0 in float32 (merged() does that for any W0 dtype), so when every tensor is written in
     # the dtype it is stored in, the model can be held in that dtype too: the same bytes, half the memory of bf16.
     same = len(set(stored.values()) | set(out_dtype.values())) == 1
     work_dtype = next(iter(stored.values())) if same else torch.float32

@@ -147,18 +147,18 @@ class PERALinear(nn.Module):
             return self.scaling * (B_hat.to(dtype) @ A_hat.to(dtype))
 
     @torch.no_grad()
-    def merge(self):
+    def merged(self):
         """A new frozen nn.Linear with weight W0 + ΔW (summed in float32, then rounded once to W0's dtype).
 
         The adapter itself is left as it was; there is no unmerge, keep the adapter if you need it again.
         """
         base = self.base
-        merged = torch.nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None,
+        linear = torch.nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None,
                                           device=base.weight.device, dtype=base.weight.dtype)
-        merged.weight.copy_(base.weight + self.delta_weight())
+        linear.weight.copy_(base.weight + self.delta_weight())
         if base.bias is not None:
-            merged.bias.copy_(base.bias)
-        return merged.requires_grad_(False).train(self.training)
+            linear.bias.copy_(base.bias)
+        return linear.requires_grad_(False).train(self.training)
 
     @property
     def weight(self):
@@ -247,7 +247,7 @@ def merge(model):
     for name, module in list(model.named_modules()):
         if isinstance(module, PERALinear):
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.merge())
+            setattr(model.get_submodule(parent), child, module.merged())
     return model
 
 

@@ -257,7 +257,7 @@ def test_merge_equals_adapter_and_leaves_it_untouched(method, kw, bias):
     x = torch.randn(2, 5, 24)
     y = adapter(x)
     before = snapshot(adapter)
-    merged = adapter.merge()
+    merged = adapter.merged()
     assert type(merged) is nn.Linear
     assert merged.weight.dtype == adapter.base.weight.dtype and merged.weight.device == adapter.base.weight.device
     assert (merged.bias is None) == (not bias)
@@ -271,8 +271,8 @@ def test_merge_equals_adapter_and_leaves_it_untouched(method, kw, bias):
 def test_hira_fused_forward_is_the_merged_layer():
     adapter = randomize(make("hira", make_base())).eval()
     x = torch.randn(2, 5, 24)
-    assert torch.equal(adapter(x), adapter.merge()(x))
-    assert torch.equal(adapter.train()(x), adapter.merge()(x))  # p = 0: fused in training too
+    assert torch.equal(adapter(x), adapter.merged()(x))
+    assert torch.equal(adapter.train()(x), adapter.merged()(x))  # p = 0: fused in training too
 
 
 @pytest.mark.parametrize("method,kw", CASES, ids=CASE_IDS)
@@ -280,7 +280,7 @@ def test_bf16_base_float32_adapter_and_merge(method, kw):
     base = make_base(dtype=torch.bfloat16)
     adapter = randomize(make(method, base, **kw), std=0.1).eval()
     assert adapter.A.dtype == torch.float32 and base.weight.dtype == torch.bfloat16
-    merged = adapter.merge()
+    merged = adapter.merged()
     assert merged.weight.dtype == torch.bfloat16
     # Summed in float32 and rounded once: a bf16 sum would round ΔW first and differ in many entries.
     assert torch.equal(merged.weight, (base.weight.float() + adapter.delta_weight()).bfloat16())
@@ -791,7 +791,7 @@ def test_dora_merged_weight_is_magnitude_times_direction():
     adapter = randomize(make("dora", make_base(dtype=torch.float64), alpha=8))
     V = adapter.base.weight + adapter.scaling * adapter.B @ adapter.A
     expected = adapter.m.unsqueeze(1) * V / torch.linalg.norm(V, dim=1, keepdim=True)
-    merged = adapter.merge()
+    merged = adapter.merged()
     assert rel_err(merged.weight, expected) < 1e-14
     assert torch.allclose(torch.linalg.norm(merged.weight, dim=1), adapter.m, rtol=1e-13, atol=0)  # ‖W'‖_row = m
 
@@ -839,7 +839,7 @@ def test_loran_with_amplitude_zero_is_lora(alpha):
         ln.A.copy_(lo.A)
         ln.B.copy_(lo.B)
     assert torch.equal(ln.delta_weight(), lo.delta_weight())
-    assert torch.equal(ln.merge().weight, lo.merge().weight)
+    assert torch.equal(ln.merged().weight, lo.merged().weight)
     x = torch.randn(2, 5, 24)
     assert rel_err(ln(x), lo(x)) < 1e-6  # the fused matmul sums in another order than LoRA's two thin ones
 

@@ -50,7 +50,7 @@ def test_merged_variant_computes_what_its_adapter_computes():
     with torch.no_grad():
         bench.install(model, pera.layers)
         adapted = model(ids)
-        bench.install(model, {n: layer.merge() for n, layer in pera.layers.items()})
+        bench.install(model, {n: layer.merged() for n, layer in pera.layers.items()})
         merged = model(ids)
         bench.install(model, frozen)
         plain = model(ids)

@@ -1,7 +1,7 @@
 """The parts the five adapter files repeat on purpose, so that each can be copied alone, stay identical.
 
 lora.py, hira.py, pera.py, dora.py and loran.py each carry their own `TARGETS`, module functions
-`inject`, `merge` and `is_adapter`, and on the layer class the `merge()` method and the `weight` and
+`inject`, `merge` and `is_adapter`, and on the layer class the `merged()` method and the `weight` and
 `bias` properties. A fix made in one copy and not the others would go unnoticed by the numerical tests of
 the method it was made for; here each copy's source (inspect.getsource) must equal lora.py's once the
 file's class name is replaced by LoRALinear. Nothing else is normalised: no whitespace, comment or
@@ -23,7 +23,7 @@ import pera
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"hira": (hira, "HiRALinear"), "pera": (pera, "PERALinear"), "dora": (dora, "DoRALinear"),
          "loran": (loran, "LoRANLinear")}  # compared with lora.py's LoRALinear
-PARTS = ("TARGETS", "inject", "merge", "is_adapter", "Linear.merge", "Linear.weight", "Linear.bias")
+PARTS = ("TARGETS", "inject", "merge", "is_adapter", "Linear.merged", "Linear.weight", "Linear.bias")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")  # the layers PERA's paper adapts
 
 
@@ -52,7 +52,8 @@ def test_the_parts_compared_are_the_real_ones():
     # An empty or wrong source would compare equal everywhere: check that each part is what its name says.
     assert source(lora, "LoRALinear", "inject").startswith("def inject(model, rank, targets=TARGETS")
     assert source(lora, "LoRALinear", "merge").startswith("def merge(model)")
-    assert source(lora, "LoRALinear", "Linear.merge").lstrip().startswith("@torch.no_grad()\n    def merge(self)")
+    assert "module.merged()" in source(lora, "LoRALinear", "merge")  # the module function uses the layer's method
+    assert source(lora, "LoRALinear", "Linear.merged").lstrip().startswith("@torch.no_grad()\n    def merged(self)")
     assert "self.base.bias" in source(lora, "LoRALinear", "Linear.bias")
     assert "delta_weight" in source(lora, "LoRALinear", "Linear.weight")
 
