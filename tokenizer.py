@@ -6,8 +6,11 @@ Llama-2/3, TinyLlama, Qwen2) and runs the same pipeline as the Rust `tokenizers`
     encode: added tokens -> normalizer -> pre-tokenizer -> BPE       == tok.encode(text, add_special_tokens=False).ids
     decode: ids -> token strings -> decoder                          == tok.decode(ids, skip_special_tokens=False)
 
-Each part below names the HF component it mirrors. HF matches its regexes with Oniguruma; Python's `re`
-lacks `\\p{L}` and reads `\\s` differently, so `translate_regex` rewrites them into explicit code-point classes.
+The file goes bottom-up, each part naming the HF component it mirrors: regexes, splitting text at matches,
+the normalizers, pre-tokenizers and decoders built from the JSON, then `BPE` (the model: one word -> ids),
+`AddedVocabulary` (tokens such as <|im_start|>, cut out first) and `Tokenizer`, which runs them in that
+order. HF matches its regexes with Oniguruma; Python's `re` lacks `\\p{L}` and reads `\\s` differently, so
+`translate_regex` rewrites them into explicit code-point classes.
 Anything the file asks for that is not implemented here is a ValueError naming the file and the field.
 """
 import functools
@@ -269,7 +272,7 @@ def _byte_table():
     return table
 
 
-BYTE_TO_CHAR = _byte_table()
+BYTE_TO_CHAR = _byte_table()  # also how gguf.py spells a byte-level GGUF vocabulary
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 _LATIN1_TO_BYTE_CHARS = str.maketrans({chr(b): c for b, c in BYTE_TO_CHAR.items()})
 
@@ -395,48 +398,14 @@ def build_decoder(spec, where="decoder"):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The tokenizer
+# The model: BPE on one pre-tokenized word (HF `models::bpe::BPE`)
 
 
-@dataclass(frozen=True)
-class AddedToken:
-    """An entry of `added_tokens`; `pattern` is what is searched for (the content, normalized if `normalized`)."""
-    id: int
-    content: str
-    pattern: str
-    single_word: bool
-    lstrip: bool
-    rstrip: bool
-    normalized: bool
+class BPE:
+    """tokenizer.json's "model": a word starts as its chars' ids, then the adjacent pair of lowest merge rank
+    is merged until no pair of the merge table is left."""
 
-
-def _is_word_char(c: str) -> bool:
-    """Rust regex's \\w, which HF uses for `single_word` (letters, marks, Nd/Nl digits, connectors, ZWJ/ZWNJ)."""
-    return unicodedata.category(c)[0] in "LM" or unicodedata.category(c) in ("Nd", "Nl", "Pc") or c in "\u200c\u200d"
-
-
-def _token_name(value):
-    """A tokenizer_config.json token entry: a string, null, or an AddedToken dict with "content"."""
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def _template_starts_with_bos(post_processor, tokenizer) -> bool:
-    """True when a TemplateProcessing (alone or in a Sequence) puts the bos token before a single sequence."""
-    if not post_processor:
-        return False
-    if post_processor.get("type") == "Sequence":
-        return any(_template_starts_with_bos(p, tokenizer) for p in post_processor.get("processors", []))
-    if post_processor.get("type") != "TemplateProcessing" or not post_processor.get("single"):
-        return False
-    first = post_processor["single"][0].get("SpecialToken", {}).get("id")
-    return first is not None and tokenizer.bos_id is not None and tokenizer.token_to_id(first) == tokenizer.bos_id
-
-
-class Tokenizer:
-    """A BPE tokenizer read from a Hugging Face tokenizer.json; `encode`/`decode` equal HF's (see module doc)."""
-
-    def __init__(self, spec: dict, config: dict | None = None, bos: str | None = None, eos: str | None = None):
-        model = _field(spec, "model", "", dict)
+    def __init__(self, model: dict):
         if model.get("type", "BPE") != "BPE":
             raise ValueError(f"model type {model.get('type')!r} is not supported (only BPE)")
         if model.get("dropout") not in (None, 0, 0.0):
@@ -451,43 +420,8 @@ class Tokenizer:
         self.fuse_unk = model.get("fuse_unk", False)
         self.ignore_merges = model.get("ignore_merges", False)
         self.merges = self._merge_table(_field(model, "merges", "model", list))
-
-        self._normalize = build_normalizer(spec["normalizer"]) if spec.get("normalizer") else None
-        self._pre_tokenize = build_pre_tokenizer(spec["pre_tokenizer"]) if spec.get("pre_tokenizer") else None
-        self._decode = build_decoder(spec["decoder"]) if spec.get("decoder") else None
-        self.added = self._added_tokens(spec.get("added_tokens") or [])
-        self.added_ids = {t.content: t.id for t in self.added}
-        self.id_to_str = {i: t for t, i in self.vocab.items()} | {t.id: t.pattern for t in self.added}
-        self.vocab_size = max(self.id_to_str) + 1 if self.id_to_str else 0
-        self._raw_matcher = self._matcher([t for t in self.added if not t.normalized])
-        self._normalized_matcher = self._matcher([t for t in self.added if t.normalized])
         self._chunker = self._sentencepiece_chunker()
         self._cache: dict[str, list[int]] = {}
-
-        config = config or {}
-        self.bos_id = self._special_id(bos, config, "bos_token", BOS_NAMES)
-        self.eos_id = self._special_id(eos, config, "eos_token", EOS_NAMES)
-        padding = spec.get("padding") or {}
-        self.pad_id = self._special_id(None, config, "pad_token", (padding.get("pad_token"), *PAD_NAMES))
-        # Whether the model was trained with a BOS token first: what HF's encode with add_special_tokens does
-        # (tokenizer_config's add_bos_token, else the post_processor's template). encode() adds it when asked.
-        self.add_bos = bool(config.get("add_bos_token", _template_starts_with_bos(spec.get("post_processor"), self)))
-
-    @classmethod
-    def from_file(cls, path, bos: str | None = None, eos: str | None = None) -> "Tokenizer":
-        """Load a tokenizer.json; a tokenizer_config.json beside it sets bos/eos/pad, explicit `bos`/`eos` win."""
-        path = Path(path)
-        spec = _read_json(path)
-        config_path = path.with_name("tokenizer_config.json")
-        config = _read_json(config_path) if config_path.exists() else {}
-        try:
-            if not isinstance(spec, dict):
-                raise ValueError("top level is not a JSON object")
-            return cls(spec, config, bos, eos)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: malformed tokenizer ({type(e).__name__}: {e})") from None
 
     def _merge_table(self, merges) -> dict[tuple[int, int], tuple[int, int]]:
         """(left id, right id) -> (rank, merged id), as HF's MergeMap; merges are "a b" strings or [a, b] pairs."""
@@ -504,26 +438,6 @@ class Tokenizer:
             table[self.vocab[a], self.vocab[b]] = (rank, self.vocab[merged])
         return table
 
-    def _added_tokens(self, entries) -> list[AddedToken]:
-        """HF keeps a token's vocab id when the model has it; a normalized token is matched in normalized form."""
-        added = []
-        for i, entry in enumerate(entries):
-            content, normalized = _field(entry, "content", f"added_tokens[{i}]"), entry.get("normalized", True)
-            pattern = self._normalize(content) if normalized and self._normalize else content
-            token_id = self.vocab.get(content, _field(entry, "id", f"added_tokens[{i}]"))
-            added.append(AddedToken(token_id, content, pattern, entry.get("single_word", False),
-                                    entry.get("lstrip", False), entry.get("rstrip", False), normalized))
-        return added
-
-    @staticmethod
-    def _matcher(tokens):
-        """One regex of all patterns, longest first: leftmost-longest like HF's Aho-Corasick automaton."""
-        tokens = [t for t in tokens if t.pattern]
-        if not tokens:
-            return None
-        by_pattern = {t.pattern: t for t in tokens}
-        return re.compile("|".join(map(re.escape, sorted(by_pattern, key=len, reverse=True)))), by_pattern
-
     def _sentencepiece_chunker(self):
         """A regex that cuts a word before each "▁" that follows another char, if that cannot change the result.
 
@@ -531,81 +445,12 @@ class Tokenizer:
         a token with a non-"▁" char followed by "▁", no token can span such a cut, so merging each chunk alone is
         exactly equivalent (the merge order inside each chunk is unchanged), and the chunks can be cached.
         """
+        token_of = {i: t for t, i in self.vocab.items()}
         safe = (SPIECE in self.vocab and not self.prefix and not self.suffix and not self.ignore_merges
-                and not any(re.search(f"[^{SPIECE}]{SPIECE}", self.id_to_str[m]) for _, m in self.merges.values()))
+                and not any(re.search(f"[^{SPIECE}]{SPIECE}", token_of[m]) for _, m in self.merges.values()))
         return re.compile(f"(?<=[^{SPIECE}])(?={SPIECE})") if safe else None
 
-    def _special_id(self, explicit, config, key, names):
-        """Explicit name, else tokenizer_config.json's entry (null means none), else the first conventional name."""
-        if explicit is not None:
-            name = explicit
-        elif key in config:
-            name = _token_name(config[key])
-        else:
-            name = next((n for n in names if self.token_to_id(n) is not None), None)
-        if name is not None and self.token_to_id(name) is None:
-            raise ValueError(f"{key} {name!r} is not a token of this tokenizer")
-        return None if name is None else self.token_to_id(name)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.added_ids.get(token, self.vocab.get(token))
-
-    def id_to_token(self, id: int) -> str | None:
-        """The token string; like HF, a `normalized` added token comes back in normalized form (Llama-2: "▁<s>")."""
-        return self.id_to_str.get(id)
-
-    # --- encode ---------------------------------------------------------------------------------------------
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Token ids of `text`; `bos`/`eos` add those ids (HF's post-processor is not run)."""
-        for wanted, special_id, name in ((bos, self.bos_id, "bos"), (eos, self.eos_id, "eos")):
-            if wanted and special_id is None:
-                raise ValueError(f"this tokenizer has no {name} token; pass {name}=... to Tokenizer.from_file")
-        ids = []
-        for i, (piece, token_id) in enumerate(self._split_added(text)):
-            if token_id is not None:
-                ids.append(token_id)
-                continue
-            for word in self._pre_tokenize(piece, i == 0) if self._pre_tokenize else [piece]:
-                ids.extend(self._bpe(word))
-        return [self.bos_id] * bos + ids + [self.eos_id] * eos
-
-    def _split_added(self, text: str) -> list[tuple[str, int | None]]:
-        """HF `extract_and_normalize`: cut out non-normalized added tokens from the raw text, normalize each
-        remaining piece on its own, then cut out normalized added tokens. Empty pieces are dropped."""
-        pieces = []
-        for piece, token_id in self._find_added(text, self._raw_matcher):
-            if token_id is not None:
-                pieces.append((piece, token_id))
-            else:
-                normalized = self._normalize(piece) if self._normalize else piece
-                pieces += self._find_added(normalized, self._normalized_matcher)
-        return [(piece, token_id) for piece, token_id in pieces if piece]
-
-    @staticmethod
-    def _find_added(text, matcher) -> list[tuple[str, int | None]]:
-        """HF `AddedVocabulary::find_matches`: single_word tokens need non-word chars around them; lstrip/rstrip
-        tokens swallow the white space before/after them (but not text already taken by the previous token)."""
-        if matcher is None or not text:
-            return [(text, None)]
-        regex, by_pattern = matcher
-        out, start = [], 0
-        for m in regex.finditer(text):
-            token, (a, b) = by_pattern[m.group()], m.span()
-            word_before, word_after = a > 0 and _is_word_char(text[a - 1]), b < len(text) and _is_word_char(text[b])
-            if token.single_word and (word_before or word_after):
-                continue
-            while token.lstrip and a > start and text[a - 1] in WHITE_SPACE:
-                a -= 1
-            while token.rstrip and b < len(text) and text[b] in WHITE_SPACE:
-                b += 1
-            if start < a:
-                out.append((text[start:a], None))
-            out.append((text[a:b], token.id))
-            start = b
-        return out + [(text[start:], None)] if start < len(text) else out
-
-    def _bpe(self, word: str) -> list[int]:
+    def tokenize(self, word: str) -> list[int]:
         """Ids of one pre-tokenized word, cached. With `ignore_merges` (Llama-3) a word in the vocab is one token."""
         ids = self._cache.get(word)
         if ids is not None:
@@ -614,7 +459,7 @@ class Tokenizer:
         if self.ignore_merges and word in self.vocab:
             ids = [self.vocab[word]]
         elif len(chunks) > 1:
-            ids = [i for chunk in chunks for i in self._bpe(chunk)]
+            ids = [i for chunk in chunks for i in self.tokenize(chunk)]
         else:
             ids = self._merge(self._char_ids(word))
         if len(word) <= CACHE_WORD_LEN:
@@ -666,7 +511,185 @@ class Tokenizer:
                     heapq.heappush(heap, (rank, left, new))
         return [ids[i] for i in range(n) if alive[i]]
 
-    # --- decode ---------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------------
+# Added tokens: cut out of the text before the model sees it (HF `AddedVocabulary`)
+
+
+@dataclass(frozen=True)
+class AddedToken:
+    """An entry of `added_tokens`; `pattern` is what is searched for (the content, normalized if `normalized`)."""
+    id: int
+    content: str
+    pattern: str
+    single_word: bool
+    lstrip: bool
+    rstrip: bool
+    normalized: bool
+
+
+def _is_word_char(c: str) -> bool:
+    """Rust regex's \\w, which HF uses for `single_word` (letters, marks, Nd/Nl digits, connectors, ZWJ/ZWNJ)."""
+    return unicodedata.category(c)[0] in "LM" or unicodedata.category(c) in ("Nd", "Nl", "Pc") or c in "\u200c\u200d"
+
+
+class AddedVocabulary:
+    """tokenizer.json's "added_tokens" (<|im_start|>, <s>, ...): found in the text by string match, never by BPE."""
+
+    def __init__(self, entries, vocab: dict[str, int], normalize):
+        self.tokens = self._added_tokens(entries, vocab, normalize)
+        self.ids = {t.content: t.id for t in self.tokens}
+        self._raw_matcher = self._matcher([t for t in self.tokens if not t.normalized])
+        self._normalized_matcher = self._matcher([t for t in self.tokens if t.normalized])
+
+    @staticmethod
+    def _added_tokens(entries, vocab, normalize) -> list[AddedToken]:
+        """HF keeps a token's vocab id when the model has it; a normalized token is matched in normalized form."""
+        added = []
+        for i, entry in enumerate(entries):
+            content, normalized = _field(entry, "content", f"added_tokens[{i}]"), entry.get("normalized", True)
+            pattern = normalize(content) if normalized and normalize else content
+            token_id = vocab.get(content, _field(entry, "id", f"added_tokens[{i}]"))
+            added.append(AddedToken(token_id, content, pattern, entry.get("single_word", False),
+                                    entry.get("lstrip", False), entry.get("rstrip", False), normalized))
+        return added
+
+    @staticmethod
+    def _matcher(tokens):
+        """One regex of all patterns, longest first: leftmost-longest like HF's Aho-Corasick automaton."""
+        tokens = [t for t in tokens if t.pattern]
+        if not tokens:
+            return None
+        by_pattern = {t.pattern: t for t in tokens}
+        return re.compile("|".join(map(re.escape, sorted(by_pattern, key=len, reverse=True)))), by_pattern
+
+    def split(self, text: str, normalize) -> list[tuple[str, int | None]]:
+        """HF `extract_and_normalize`: cut out non-normalized added tokens from the raw text, normalize each
+        remaining piece on its own, then cut out normalized added tokens. Empty pieces are dropped."""
+        pieces = []
+        for piece, token_id in self._find(text, self._raw_matcher):
+            if token_id is not None:
+                pieces.append((piece, token_id))
+            else:
+                normalized = normalize(piece) if normalize else piece
+                pieces += self._find(normalized, self._normalized_matcher)
+        return [(piece, token_id) for piece, token_id in pieces if piece]
+
+    @staticmethod
+    def _find(text, matcher) -> list[tuple[str, int | None]]:
+        """HF `AddedVocabulary::find_matches`: single_word tokens need non-word chars around them; lstrip/rstrip
+        tokens swallow the white space before/after them (but not text already taken by the previous token)."""
+        if matcher is None or not text:
+            return [(text, None)]
+        regex, by_pattern = matcher
+        out, start = [], 0
+        for m in regex.finditer(text):
+            token, (a, b) = by_pattern[m.group()], m.span()
+            word_before, word_after = a > 0 and _is_word_char(text[a - 1]), b < len(text) and _is_word_char(text[b])
+            if token.single_word and (word_before or word_after):
+                continue
+            while token.lstrip and a > start and text[a - 1] in WHITE_SPACE:
+                a -= 1
+            while token.rstrip and b < len(text) and text[b] in WHITE_SPACE:
+                b += 1
+            if start < a:
+                out.append((text[start:a], None))
+            out.append((text[a:b], token.id))
+            start = b
+        return out + [(text[start:], None)] if start < len(text) else out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tokenizer: the parts above in HF's order, and the special tokens
+
+
+def _token_name(value):
+    """A tokenizer_config.json token entry: a string, null, or an AddedToken dict with "content"."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _template_starts_with_bos(post_processor, tokenizer) -> bool:
+    """True when a TemplateProcessing (alone or in a Sequence) puts the bos token before a single sequence."""
+    if not post_processor:
+        return False
+    if post_processor.get("type") == "Sequence":
+        return any(_template_starts_with_bos(p, tokenizer) for p in post_processor.get("processors", []))
+    if post_processor.get("type") != "TemplateProcessing" or not post_processor.get("single"):
+        return False
+    first = post_processor["single"][0].get("SpecialToken", {}).get("id")
+    return first is not None and tokenizer.bos_id is not None and tokenizer.token_to_id(first) == tokenizer.bos_id
+
+
+class Tokenizer:
+    """A BPE tokenizer read from a Hugging Face tokenizer.json; `encode`/`decode` equal HF's (see module doc)."""
+
+    def __init__(self, spec: dict, config: dict | None = None, bos: str | None = None, eos: str | None = None):
+        self.model = BPE(_field(spec, "model", "", dict))
+        self._normalize = build_normalizer(spec["normalizer"]) if spec.get("normalizer") else None
+        self._pre_tokenize = build_pre_tokenizer(spec["pre_tokenizer"]) if spec.get("pre_tokenizer") else None
+        self._decode = build_decoder(spec["decoder"]) if spec.get("decoder") else None
+        self.added = AddedVocabulary(spec.get("added_tokens") or [], self.model.vocab, self._normalize)
+        self.id_to_str = {i: t for t, i in self.model.vocab.items()} | {t.id: t.pattern for t in self.added.tokens}
+        self.vocab_size = max(self.id_to_str) + 1 if self.id_to_str else 0
+
+        config = config or {}
+        self.bos_id = self._special_id(bos, config, "bos_token", BOS_NAMES)
+        self.eos_id = self._special_id(eos, config, "eos_token", EOS_NAMES)
+        padding = spec.get("padding") or {}
+        self.pad_id = self._special_id(None, config, "pad_token", (padding.get("pad_token"), *PAD_NAMES))
+        # Whether the model was trained with a BOS token first: what HF's encode with add_special_tokens does
+        # (tokenizer_config's add_bos_token, else the post_processor's template). encode() adds it when asked.
+        self.add_bos = bool(config.get("add_bos_token", _template_starts_with_bos(spec.get("post_processor"), self)))
+
+    @classmethod
+    def from_file(cls, path, bos: str | None = None, eos: str | None = None) -> "Tokenizer":
+        """Load a tokenizer.json; a tokenizer_config.json beside it sets bos/eos/pad, explicit `bos`/`eos` win."""
+        path = Path(path)
+        spec = _read_json(path)
+        config_path = path.with_name("tokenizer_config.json")
+        config = _read_json(config_path) if config_path.exists() else {}
+        try:
+            if not isinstance(spec, dict):
+                raise ValueError("top level is not a JSON object")
+            return cls(spec, config, bos, eos)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: malformed tokenizer ({type(e).__name__}: {e})") from None
+
+    def _special_id(self, explicit, config, key, names):
+        """Explicit name, else tokenizer_config.json's entry (null means none), else the first conventional name."""
+        if explicit is not None:
+            name = explicit
+        elif key in config:
+            name = _token_name(config[key])
+        else:
+            name = next((n for n in names if self.token_to_id(n) is not None), None)
+        if name is not None and self.token_to_id(name) is None:
+            raise ValueError(f"{key} {name!r} is not a token of this tokenizer")
+        return None if name is None else self.token_to_id(name)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.added.ids.get(token, self.model.vocab.get(token))
+
+    def id_to_token(self, id: int) -> str | None:
+        """The token string; like HF, a `normalized` added token comes back in normalized form (Llama-2: "▁<s>")."""
+        return self.id_to_str.get(id)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text`: added tokens cut out, each other piece normalized, pre-tokenized into words, each
+        word BPE-merged; `bos`/`eos` add those ids (HF's post-processor is not run)."""
+        for wanted, special_id, name in ((bos, self.bos_id, "bos"), (eos, self.eos_id, "eos")):
+            if wanted and special_id is None:
+                raise ValueError(f"this tokenizer has no {name} token; pass {name}=... to Tokenizer.from_file")
+        ids = []
+        for i, (piece, token_id) in enumerate(self.added.split(text, self._normalize)):
+            if token_id is not None:
+                ids.append(token_id)
+                continue
+            for word in self._pre_tokenize(piece, i == 0) if self._pre_tokenize else [piece]:
+                ids.extend(self.model.tokenize(word))
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids: list[int]) -> str:
         """HF `decode(ids, skip_special_tokens=False)`: special tokens stay as text, unknown ids are skipped."""

