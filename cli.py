@@ -1,7 +1,7 @@
 """How the command-line tools report what they were given wrong: one `error: ...` line, no traceback.
 
-The library files (model.py, tokenizer.py, commonsense.py, adapters.py, and lora.py, hira.py, pera.py,
-which import only torch and math) raise ValueError or OSError with a message that names the culprit.
+The library files (model.py, safetensors_io.py, gguf.py, tokenizer.py, commonsense.py, adapters.py, and
+the adapter files lora.py, hira.py, pera.py, dora.py, loran.py, which import only torch and math) raise ValueError or OSError with a message that names the culprit.
 A tool turns those into the one line only where it reads the user's input (its arguments, files and
 folders), by running that code under `user_input()`; anywhere else an exception is a bug and keeps its
 traceback. Each tool's entry point is `run(main)`, which also ends a Ctrl-C that nothing else handles
