@@ -67,8 +67,11 @@ def keep(term, terms):
     return terms == "all" or (terms == "square") == (len(set(term)) == 1)
 
 
-def paper_delta(adapter, A=None, B=None, h=None, m=None):
+def paper_delta(adapter, kw, A=None, B=None, h=None, m=None):
     """ΔW as the papers write it, one rank-one term at a time (float64 in the tests that need it).
+
+    kw: the arguments the adapter was built with; alpha, terms, degree, λ and ω come from them (or the
+    papers' defaults), never from the adapter's attributes, so an argument the constructor drops is caught.
 
     LoRA: s B A (Eq. 8). HiRA: W0 ⊙ (B A) (HiRA Eq. 6). PERA: s (B A + Σ_{i≤j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T)
     (Eq. 9; Eq. 10 keeps i = j, Eq. 11 i < j), then for degree 3 the triples i ≤ j ≤ l, h in that order.
@@ -78,7 +81,9 @@ def paper_delta(adapter, A=None, B=None, h=None, m=None):
     B = adapter.B if B is None else B
     if isinstance(adapter, hira.HiRALinear):
         return adapter.base.weight * (B @ A)
-    s = adapter.alpha / adapter.rank
+    r = A.shape[0]
+    s = kw.get("alpha", r) / r  # alpha defaults to r
+    terms, degree = kw.get("terms", "all"), kw.get("degree", 2)
     if isinstance(adapter, dora.DoRALinear):
         # DoRA Eq. 5: W' = m ⊙ V / ‖V‖_row with V = W0 + s B A; the norm is a constant for autograd (§4.3)
         m = adapter.m if m is None else m
@@ -88,26 +93,26 @@ def paper_delta(adapter, A=None, B=None, h=None, m=None):
     if isinstance(adapter, loran.LoRANLinear):
         # LoRAN: s · Sinter(B A), Sinter(x) = x + λ x sin(ω x) on every entry
         BA = sum(torch.outer(B[:, k], A[k]) for k in range(A.shape[0]))
-        lam, omega = adapter.amplitude, adapter.omega
+        lam, omega = kw.get("amplitude", 5e-4), kw.get("omega", 1e3)  # the authors' defaults
         return s * torch.stack([torch.stack([v + lam * v * torch.sin(omega * v) for v in row]) for row in BA])
     dW = B @ A
     if isinstance(adapter, pera.PERALinear):
         h = adapter.h if h is None else h
-        r, k = A.shape[0], 0
+        k = 0
         for i in range(r):
             for j in range(i, r):
-                if keep((i, j), adapter.terms):
+                if keep((i, j), terms):
                     dW = dW + h[k] * torch.outer(B[:, i] * B[:, j], A[i] * A[j])
                     k += 1
-        if adapter.degree == 3:
+        if degree == 3:
             for i in range(r):
                 for j in range(i, r):
                     for l in range(j, r):
-                        if keep((i, j, l), adapter.terms):
+                        if keep((i, j, l), terms):
                             dW = dW + h[k] * torch.outer(B[:, i] * B[:, j] * B[:, l], A[i] * A[j] * A[l])
                             k += 1
-        assert adapter.degree <= 3 and k == len(h), "the reference covers degrees 2 and 3"
-    return adapter.alpha / adapter.rank * dW
+        assert degree <= 3 and k == len(h), "the reference covers degrees 2 and 3"
+    return s * dW
 
 
 def snapshot(module):
@@ -161,10 +166,38 @@ def test_trainable_parameter_count(method, kw, extra):
         assert len(adapter.h) == extra
 
 
-@pytest.mark.parametrize("method", ["lora", "pera", "dora", "loran"])
+def unscaled_delta(method, adapter, s):
+    """ΔW written with an explicit scaling s (no attribute of the adapter read): what each method scales."""
+    W0, A, B, BA = adapter.base.weight, adapter.A, adapter.B, adapter.B @ adapter.A
+    if method == "hira":  # no alpha at all: W0 ⊙ (B A)
+        return W0 * BA
+    if method == "pera":  # s · (B A + Σ_{i≤j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T), pairs in triu order
+        i, j = torch.triu_indices(A.shape[0], A.shape[0])
+        return s * (BA + (B[:, i] * B[:, j] * adapter.h) @ (A[i] * A[j]))
+    if method == "dora":  # the direction's update s·B A inside m ⊙ (W0 + s B A) / ‖W0 + s B A‖_row
+        V = W0 + s * BA
+        return adapter.m[:, None] * V / torch.linalg.norm(V, dim=1, keepdim=True) - W0
+    if method == "loran":  # s · Sinter(B A)
+        return s * (BA + adapter.amplitude * BA * torch.sin(adapter.omega * BA))
+    return s * BA
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_alpha_defaults_to_rank(method):
-    assert make(method, make_base(), rank=4).alpha == 4
-    assert make(method, make_base(), rank=4, alpha=8).alpha == 8
+    """alpha = r by default, so the scaling is 1 (the authors' code applies none): ΔW = B A for LoRA, PERA with
+    h = 0 and LoRAN with amplitude 0; PERA's square and cross terms and DoRA's direction unscaled too. An
+    alpha given at rank 4 scales by alpha / 4. Checked on ΔW and on the forward, with A, B (h, m) nonzero."""
+    x = torch.randn(3, 24, dtype=torch.float64)
+    for kw, s in [({}, 1.0), ({"alpha": 8}, 2.0)] if method != "hira" else [({}, 1.0)]:
+        adapter = randomize(make(method, make_base(dtype=torch.float64), rank=4, **kw)).eval()
+        expected = unscaled_delta(method, adapter, s)
+        with torch.no_grad():
+            assert rel_err(adapter.delta_weight(), expected) < 1e-13, kw
+            assert rel_err(adapter(x), adapter.base(x) + x @ expected.T) < 1e-13, kw
+        if method in ("pera", "loran"):  # h = 0 and amplitude 0: exactly LoRA's s · B A
+            with torch.no_grad():
+                adapter.h.zero_() if method == "pera" else setattr(adapter, "amplitude", 0.0)
+                assert rel_err(adapter.delta_weight(), s * adapter.B @ adapter.A) < 1e-13, kw
 
 
 def test_pera_pairs_are_triu_indices_and_not_saved():
@@ -219,7 +252,7 @@ def test_delta_weight_is_the_papers_sum(method, kw):
     adapter = randomize(make(method, make_base(dtype=torch.float64), **kw))
     assert adapter.A.dtype == torch.float64
     with torch.no_grad():
-        assert rel_err(adapter.delta_weight(), paper_delta(adapter)) < 1e-13
+        assert rel_err(adapter.delta_weight(), paper_delta(adapter, kw)) < 1e-13
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -231,7 +264,7 @@ def test_forward_and_gradients_equal_those_of_x_times_delta_weight(method, kw, t
     x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
 
     def dense(x, *p):
-        return adapter.base(x) + x @ paper_delta(adapter, **dict(zip(names, p))).T
+        return adapter.base(x) + x @ paper_delta(adapter, kw, **dict(zip(names, p))).T
 
     def efficient(x, *p):
         return torch.func.functional_call(adapter, dict(zip(names, p)), (x,))
