@@ -346,11 +346,16 @@ def test_autocast_bf16_forward_and_backward(method):
     adapter = randomize(make(method, make_base()), std=0.1)
     x = torch.randn(2, 5, 24)
     y32 = adapter(x)
+    grads32 = torch.autograd.grad(y32.square().sum(), [adapter.A, adapter.B])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = adapter(x)
     assert y.dtype == torch.bfloat16 and rel_err(y.float(), y32) < 2e-2
-    y.float().sum().backward()
-    assert adapter.A.grad.dtype == torch.float32 and adapter.B.grad.abs().sum() > 0
+    y.float().square().sum().backward()
+    assert adapter.A.grad.dtype == torch.float32
+    # the gradients are float32's up to bf16 rounding (measured 0.3-0.6 %); the update's share of the output is
+    # small (2 % for HiRA), so a wrongly scaled or signed update under autocast shows here, not in y
+    for name, grad32 in zip("AB", grads32):
+        assert rel_err(getattr(adapter, name).grad, grad32) < 2e-2, name
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert adapter.delta_weight().dtype == torch.float32
 
