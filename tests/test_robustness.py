@@ -285,8 +285,19 @@ def test_prompts_longer_than_the_model_keep_their_end_and_are_counted(stories_di
     new = model.generate(torch.tensor([kept]), 4, eos_id=tokenizer.eos_id)[0, len(kept):].tolist()
     new = new[:new.index(tokenizer.eos_id)] if tokenizer.eos_id in new else new
     assert first["output"] == tokenizer.decode(new)
+    # loglik: each candidate's full sequence keeps BOS and its last 512 tokens, and its whole response is scored
     scored = json.loads((tmp_path / "loglik" / "predictions.jsonl").read_text().splitlines()[0])
-    assert scored["tokens_cut"] > 0 and all(math.isfinite(v) for v in scored["scores"].values())
+    assert scored["tokens_cut"] > 0 and set(scored["scores"]) == {"true", "false"}
+    p = commonsense.prompt(record)
+    for label, score in scored["scores"].items():
+        full = tokenizer.encode(p + commonsense.response_for(record, label), bos=True)
+        n = len(ids) if full[:len(ids)] == ids else len(ids) - 1  # the first response token (a merge moves it back)
+        cut = len(full) - 512
+        kept = [full[0]] + full[cut + 1:]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([kept]))[0], -1)
+        expected = sum(logp[t - 1, kept[t]].item() for t in range(n - cut, len(kept)))
+        assert score == pytest.approx(expected, abs=1e-3), label
 
 
 @pytest.fixture(scope="module")
