@@ -1,5 +1,6 @@
 """train.py's PERA study flags (--init, --h-lr-ratio) and its log of the polynomial terms, on stories260K."""
 import json
+import random
 import statistics
 
 import pytest
@@ -10,6 +11,7 @@ import eval as evaluate
 import pera
 import train
 from model import Transformer
+from tokenizer import Tokenizer
 from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 
 
@@ -132,7 +134,6 @@ def test_bad_study_arguments_are_one_clear_error(capsys, argv, message):
 def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_path):
     import study
     from conftest import shared
-    from tokenizer import Tokenizer
     tokenizer = Tokenizer.from_file(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"))  # the study's
     for task in ("boolq", "ARC-Easy", "openbookqa"):
         for record in json.loads(shared("data", "commonsense", task, "train.json").read_text())[:5]:
@@ -143,11 +144,34 @@ def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_pat
             _, cut = study.label_positions(tokenizer, record, False, 8)  # a cut prompt shifts nothing
             assert [y for y in cut if y != -100] == [y for y in labels if y != -100]
     out = tmp_path / "run"
-    train.main(train_args(stories_dir, data_dir, out, "--method", "pera", "--max-steps", "2", "--eval-every", "2"))
+    argv = train_args(stories_dir, data_dir, out, "--method", "pera", "--max-steps", "2", "--eval-every", "2",
+                      "--lr", "1e-2")
+    train.main(argv)
     result = study.label_loss(out)
     assert json.loads((out / "label_val_loss.json").read_text()) == result and result["examples"] == 16
-    assert 16 <= result["label_tokens"] and 0 < result["label_val_loss"] != json.loads(
-        (out / "metrics.json").read_text())["best_val_loss"]
+    # recomputed one example at a time: train.py's 16 validation records, the adapted model's mean
+    # cross-entropy over their answer labels' tokens, and not the base model's
+    stories = Tokenizer.from_file(stories_dir / "tokenizer.json")
+    records = [r for t in ("boolq", "ARC-Easy") for r in json.loads((data_dir / t / "train.json").read_text())]
+    random.Random(42).shuffle(records)  # train.py's --seed
+    args = train.parse_args(argv)
+    val = [study.label_positions(stories, r, stories.add_bos, args.cutoff) for r in records[:16]]
+    assert [ids for ids, _ in val] == [ids for ids, _ in train.load_examples(args, stories, stories.add_bos)[2]]
+    model, base = Transformer.from_pretrained(stories_dir), Transformer.from_pretrained(stories_dir)
+    adapters.load_adapter(model, out)
+
+    def label_loss(m):
+        total, count = 0.0, 0
+        for ids, labels in val:
+            with torch.no_grad():
+                logp = torch.log_softmax(m.eval()(torch.tensor([ids]))[0].double(), -1)
+            scored = [t for t, y in enumerate(labels) if y != -100]
+            total, count = total - sum(logp[t - 1, labels[t]].item() for t in scored), count + len(scored)
+        return total / count, count
+
+    expected, count = label_loss(model)
+    assert result["label_tokens"] == count >= 16 and result["label_val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(label_loss(base)[0] - expected) > 1e-2
 
 
 def test_study_table_counts_differing_answers_and_the_loglik_interval(tmp_path):
