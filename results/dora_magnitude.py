@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's own modules
 
 import adapters  # noqa: E402
+from cli import user_input  # noqa: E402
 from safetensors_io import load_checkpoint_tensors, load_safetensors  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -22,10 +23,13 @@ parser.add_argument("--json", help="write the per-layer figures here")
 args = parser.parse_args()
 
 folder = Path(args.adapter)
-config = json.loads((folder / "adapter_config.json").read_text())
-scaling = config["lora_alpha"] / config["r"]
-tensors = load_safetensors(folder / "adapter_model.safetensors")
-base = load_checkpoint_tensors(Path(config["base_model_name_or_path"]))
+with user_input(folder):  # a wrong folder, or a run that is not DoRA, is one error line
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if not config.get("use_dora"):
+        raise ValueError("not a DoRA adapter (adapter_config.json has no use_dora: true)")
+    scaling = config["lora_alpha"] / config["r"]
+    tensors = load_safetensors(folder / "adapter_model.safetensors")
+    base = load_checkpoint_tensors(Path(config["base_model_name_or_path"]))
 rows = []
 for key in sorted(tensors):
     if not key.endswith(".lora_magnitude_vector"):
