@@ -8,7 +8,10 @@ At this scale most of the response loss is the answer template ("the correct ans
 method learns alike; label-loss scores only the label's tokens ("answer2", "true") of the same 120
 held-out validation examples train.py used (same tasks, seed, split and cutoff, read from args.json).
 table reads what the other scripts wrote into each run folder and adds, for loglik accuracy, a 95 %
-interval (normal approximation over all scored examples).
+interval (normal approximation over all scored examples) and, since every run answers the same examples,
+the paired difference from LoRA with its own 95 % interval: the mean and standard error of the per-example
+difference in correctness (+1, 0, -1). For runs that agree on most examples it is much narrower than the
+two single-run intervals, which count every example's uncertainty twice.
 """
 import argparse
 import json
@@ -81,7 +84,18 @@ def predictions(run, mode):
     return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else None
 
 
-def row(run, lora_predictions):
+def paired_difference(preds, lora_preds):
+    """Accuracy difference from LoRA (points) with its 95 % interval, and how many choices differ."""
+    if not preds or not lora_preds or [(p["task"], p["index"]) for p in preds] != [(p["task"], p["index"]) for p in lora_preds]:
+        return {}
+    d = [int(p["correct"]) - int(q["correct"]) for p, q in zip(preds, lora_preds)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
+    return {"loglik_minus_lora": 100 * mean, "loglik_minus_lora_ci95": 100 * 1.96 * se,
+            "loglik_choices_differing_from_lora": sum(p["prediction"] != q["prediction"] for p, q in zip(preds, lora_preds))}
+
+
+def row(run, lora_predictions, lora_loglik=None):
     run = Path(run)
     metrics, config = read(run / "metrics.json", {}), read(run / "adapter_config.json", {})
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").is_file() else []
@@ -104,6 +118,7 @@ def row(run, lora_predictions):
         n = sum(t["n"] for t in loglik["tasks"].values())
         p = sum(t["correct"] for t in loglik["tasks"].values()) / n
         out.update(loglik_accuracy=100 * p, loglik_n=n, loglik_ci95=100 * 1.96 * math.sqrt(p * (1 - p) / n))
+        out.update(paired_difference(predictions(run, "loglik"), lora_loglik))
     return out
 
 
@@ -113,11 +128,15 @@ def table(rows):
             ("poly share (median, last)", "poly_share_median", "{:.1e}"), ("poly share (max)", "poly_share_max", "{:.1e}"),
             ("max abs h", "h_max", "{:.3g}"), ("eff. rank", "effective_rank", "{:.2f}"),
             ("generate acc. (%)", "generate_accuracy", "{:.2f}"), ("answers ≠ LoRA", "answers_differing_from_lora", "{}")]
-    lines = ["| " + " | ".join(c[0] for c in cols) + " | loglik acc. (%) ± 95 % |", "|" + "---|" * (len(cols) + 1)]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " | loglik acc. (%) ± 95 % | loglik − LoRA, paired ± 95 % |",
+             "|" + "---|" * (len(cols) + 2)]
     for r in rows:
         cells = ["-" if r.get(k) is None else f.format(r[k]) for _, k, f in cols]
         cells.append(f"{r['loglik_accuracy']:.2f} ± {r['loglik_ci95']:.2f} (n = {r['loglik_n']})"
                      if "loglik_accuracy" in r else "-")
+        cells.append(f"{r['loglik_minus_lora']:+.2f} ± {r['loglik_minus_lora_ci95']:.2f} "
+                     f"({r['loglik_choices_differing_from_lora']} choices differ)"
+                     if "loglik_minus_lora" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -195,8 +214,8 @@ def main(argv=None):
                   f"({result['examples']} examples, {result['label_tokens']} label tokens)")
         return result
     with cli.user_input():
-        lora_predictions = predictions(args.lora, "generate")
-        rows = [row(r, lora_predictions) for r in [args.lora, *args.runs]]
+        lora_predictions, lora_loglik = predictions(args.lora, "generate"), predictions(args.lora, "loglik")
+        rows = [row(r, lora_predictions, lora_loglik) for r in [args.lora, *args.runs]]
     print(table(rows))
     if args.json:
         adapters.write_json(args.json, rows)

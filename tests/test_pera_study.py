@@ -174,17 +174,33 @@ def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_pat
     assert abs(label_loss(base)[0] - expected) > 1e-2
 
 
-def test_study_table_counts_differing_answers_and_the_loglik_interval(tmp_path):
+def test_study_table_counts_differing_answers_and_the_loglik_intervals(tmp_path):
+    import statistics
     import study
-    for run, outputs, correct in [("lora", ["a", "b", "c", "d"], 250), ("pera", ["a", "x", "c", "y"], 300)]:
+    # 1000 loglik examples: LoRA right on 0-249, PERA on 100-399, so PERA loses 100 and wins 150
+    for run, outputs, right in [("lora", ["a", "b", "c", "d"], range(250)), ("pera", ["a", "x", "c", "y"], range(100, 400))]:
         (tmp_path / run / "eval-generate").mkdir(parents=True)
         (tmp_path / run / "eval-loglik").mkdir()
         (tmp_path / run / "eval-generate" / "predictions.jsonl").write_text(
             "".join(json.dumps({"output": o}) + "\n" for o in outputs))
+        (tmp_path / run / "eval-loglik" / "predictions.jsonl").write_text("".join(
+            json.dumps({"task": "boolq" if i < 500 else "piqa", "index": i % 500, "correct": i in right,
+                        "prediction": "gold" if i in right else "other"}) + "\n" for i in range(1000)))
         (tmp_path / run / "eval-loglik" / "results.json").write_text(json.dumps(
-            {"tasks": {"boolq": {"n": 500, "correct": correct - 100}, "piqa": {"n": 500, "correct": 100}}}))
+            {"tasks": {"boolq": {"n": 500, "correct": len(right) - 100}, "piqa": {"n": 500, "correct": 100}}}))
     rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
     assert [r["answers_differing_from_lora"] for r in rows] == [0, 2]
     assert rows[1]["loglik_accuracy"] == pytest.approx(30.0) and rows[1]["loglik_n"] == 1000
     assert rows[1]["loglik_ci95"] == pytest.approx(100 * 1.96 * (0.3 * 0.7 / 1000) ** 0.5)
-    assert "30.00 ± 2.84 (n = 1000)" in study.table(rows)
+    d = [-1] * 100 + [1] * 150 + [0] * 750
+    assert rows[1]["loglik_minus_lora"] == pytest.approx(5.0)
+    assert rows[1]["loglik_minus_lora_ci95"] == pytest.approx(100 * 1.96 * statistics.stdev(d) / 1000 ** 0.5)
+    assert rows[1]["loglik_choices_differing_from_lora"] == 250
+    assert (rows[0]["loglik_minus_lora"], rows[0]["loglik_choices_differing_from_lora"]) == (0.0, 0)
+    text = study.table(rows)
+    assert "30.00 ± 2.84 (n = 1000)" in text and "+5.00 ± 3.09 (250 choices differ)" in text
+    # answers to other examples (a run evaluated with another --limit) are not paired
+    lines = (tmp_path / "pera" / "eval-loglik" / "predictions.jsonl").read_text().splitlines()
+    (tmp_path / "pera" / "eval-loglik" / "predictions.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
+    assert "loglik_minus_lora" not in rows[1] and study.table(rows).splitlines()[-1].endswith("| - |")
