@@ -155,6 +155,9 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
             owners.append((i, label))
     device = model.model.embed_tokens.weight.device
     scores = [None] * len(seqs)
+    left = [0] * len(records)  # candidates still to score per record: the bar counts a record once, when done
+    for i, _ in owners:
+        left[i] += 1
     order = by_length(seqs, lambda s: s[0])
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
@@ -173,7 +176,11 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
         per_row = torch.zeros(len(rows), device=device).index_add_(0, keep.nonzero()[:, 0], logp)
         for row, i in enumerate(rows):
             scores[i] = per_row[row].item()
-        bar.update(len({owners[i][0] for i in rows}))
+        done = 0
+        for i in rows:
+            left[owners[i][0]] -= 1
+            done += left[owners[i][0]] == 0
+        bar.update(done)
     out = [{"scores": {}, "tokens_cut": 0} for _ in records]
     for (i, label), score, (_, _, cut) in zip(owners, scores, seqs):
         out[i]["scores"][label] = round(score, 4)

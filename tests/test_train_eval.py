@@ -336,6 +336,19 @@ def test_loglik_scores_are_the_response_log_probabilities(stories_dir, data_dir,
     assert first["prediction"] == max(first["scores"], key=first["scores"].get)
 
 
+def test_loglik_progress_counts_each_example_once(stories_dir, data_dir):
+    class Bar:  # tqdm's update(), counted
+        n = 0
+        def update(self, k):
+            self.n += k
+    model, tokenizer = Transformer.from_pretrained(stories_dir), Tokenizer.from_file(stories_dir / "tokenizer.json")
+    records = json.loads((data_dir / "ARC-Easy" / "test.json").read_text())[:5]  # several candidates each,
+    bar = Bar()                                                                  # spread over batches by length
+    with torch.no_grad():
+        evaluate.loglik_answers(model, tokenizer, "ARC-Easy", records, 3, bar)
+    assert bar.n == len(records)
+
+
 def test_table_is_the_papers_layout_with_the_papers_names():
     settings = {"method": "pera", "rank": 4, "terms": "cross"}
     rows = [{"name": evaluate.run_name(None), "average": 50.0,
