@@ -9,8 +9,8 @@ method learns alike; label-loss scores only the label's tokens ("answer2", "true
 held-out validation examples train.py used (same tasks, seed, split and cutoff, read from args.json).
 table reads what the other scripts wrote into each run folder and adds, for loglik accuracy, a 95 %
 interval (normal approximation over all scored examples) and, since every run answers the same examples,
-the paired difference from LoRA with its own 95 % interval: the mean and standard error of the per-example
-difference in correctness (+1, 0, -1). For runs that agree on most examples it is much narrower than the
+the paired difference from LoRA with its own 95 % interval, on the examples both runs answered: the mean
+and standard error of the per-example difference in correctness (+1, 0, -1). For runs that agree on most examples it is much narrower than the
 two single-run intervals, which count every example's uncertainty twice.
 """
 import argparse
@@ -85,14 +85,18 @@ def predictions(run, mode):
 
 
 def paired_difference(preds, lora_preds):
-    """Accuracy difference from LoRA (points) with its 95 % interval, and how many choices differ."""
-    if not preds or not lora_preds or [(p["task"], p["index"]) for p in preds] != [(p["task"], p["index"]) for p in lora_preds]:
+    """Accuracy difference from LoRA (points) on the examples both answered, its 95 % interval, and how
+    many choices differ. eval.py's --limit takes each task's first examples, so (task, index) names the
+    same example in runs evaluated with different limits."""
+    lora = {(q["task"], q["index"]): q for q in lora_preds or []}
+    pairs = [(p, lora[p["task"], p["index"]]) for p in preds or [] if (p["task"], p["index"]) in lora]
+    if not pairs:
         return {}
-    d = [int(p["correct"]) - int(q["correct"]) for p, q in zip(preds, lora_preds)]
+    d = [int(p["correct"]) - int(q["correct"]) for p, q in pairs]
     mean = sum(d) / len(d)
     se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
-    return {"loglik_minus_lora": 100 * mean, "loglik_minus_lora_ci95": 100 * 1.96 * se,
-            "loglik_choices_differing_from_lora": sum(p["prediction"] != q["prediction"] for p, q in zip(preds, lora_preds))}
+    return {"loglik_minus_lora": 100 * mean, "loglik_minus_lora_ci95": 100 * 1.96 * se, "loglik_paired_n": len(d),
+            "loglik_choices_differing_from_lora": sum(p["prediction"] != q["prediction"] for p, q in pairs)}
 
 
 def row(run, lora_predictions, lora_loglik=None):
@@ -135,7 +139,7 @@ def table(rows):
         cells.append(f"{r['loglik_accuracy']:.2f} ± {r['loglik_ci95']:.2f} (n = {r['loglik_n']})"
                      if "loglik_accuracy" in r else "-")
         cells.append(f"{r['loglik_minus_lora']:+.2f} ± {r['loglik_minus_lora_ci95']:.2f} "
-                     f"({r['loglik_choices_differing_from_lora']} choices differ)"
+                     f"(n = {r['loglik_paired_n']}, {r['loglik_choices_differing_from_lora']} choices differ)"
                      if "loglik_minus_lora" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

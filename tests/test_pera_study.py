@@ -198,9 +198,16 @@ def test_study_table_counts_differing_answers_and_the_loglik_intervals(tmp_path)
     assert rows[1]["loglik_choices_differing_from_lora"] == 250
     assert (rows[0]["loglik_minus_lora"], rows[0]["loglik_choices_differing_from_lora"]) == (0.0, 0)
     text = study.table(rows)
-    assert "30.00 ± 2.84 (n = 1000)" in text and "+5.00 ± 3.09 (250 choices differ)" in text
-    # answers to other examples (a run evaluated with another --limit) are not paired
-    lines = (tmp_path / "pera" / "eval-loglik" / "predictions.jsonl").read_text().splitlines()
-    (tmp_path / "pera" / "eval-loglik" / "predictions.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert "30.00 ± 2.84 (n = 1000)" in text and "+5.00 ± 3.09 (n = 1000, 250 choices differ)" in text
+    # a LoRA run evaluated on fewer examples (a smaller --limit: each task's first ones) pairs on those alone
+    lines = (tmp_path / "lora" / "eval-loglik" / "predictions.jsonl").read_text().splitlines()
+    (tmp_path / "lora" / "eval-loglik" / "predictions.jsonl").write_text(
+        "".join(line + "\n" for line in lines if json.loads(line)["index"] < 250))
+    rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
+    d = [-1] * 100 + [0] * 400  # boolq's first 250: LoRA right on all, PERA on 100-249; piqa's: both wrong
+    assert rows[1]["loglik_paired_n"] == 500 and rows[1]["loglik_minus_lora"] == pytest.approx(-20.0)
+    assert rows[1]["loglik_minus_lora_ci95"] == pytest.approx(100 * 1.96 * statistics.stdev(d) / 500 ** 0.5)
+    # no example in common: no paired cell
+    (tmp_path / "lora" / "eval-loglik" / "predictions.jsonl").write_text("")
     rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
     assert "loglik_minus_lora" not in rows[1] and study.table(rows).splitlines()[-1].endswith("| - |")
