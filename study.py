@@ -8,9 +8,9 @@ At this scale most of the response loss is the answer template ("the correct ans
 method learns alike; label-loss scores only the label's tokens ("answer2", "true") of the same 120
 held-out validation examples train.py used (same tasks, seed, split and cutoff, read from args.json).
 table reads what the other scripts wrote into each run folder and adds, for loglik accuracy, a 95 %
-interval (normal approximation over all scored examples) and, since every run answers the same examples,
-the paired difference from LoRA with its own 95 % interval, on the examples both runs answered: the mean
-and standard error of the per-example difference in correctness (+1, 0, -1). For runs that agree on most examples it is much narrower than the
+interval (normal approximation over all scored examples) and the paired difference from LoRA on the
+examples both runs answered, with its own 95 % interval: the mean and standard error of the per-example
+difference in correctness (+1, 0, -1). For runs that agree on most examples it is much narrower than the
 two single-run intervals, which count every example's uncertainty twice.
 """
 import argparse
@@ -93,9 +93,8 @@ def paired_difference(preds, lora_preds):
     if not pairs:
         return {}
     d = [int(p["correct"]) - int(q["correct"]) for p, q in pairs]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
-    return {"loglik_minus_lora": 100 * mean, "loglik_minus_lora_ci95": 100 * 1.96 * se, "loglik_paired_n": len(d),
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    return {"loglik_minus_lora": 100 * statistics.mean(d), "loglik_minus_lora_ci95": 100 * 1.96 * se, "loglik_paired_n": len(d),
             "loglik_choices_differing_from_lora": sum(p["prediction"] != q["prediction"] for p, q in pairs)}
 
 
@@ -217,6 +216,9 @@ def main(argv=None):
             print(f"{args.adapter}: label-only validation loss {result['label_val_loss']:.4f} "
                   f"({result['examples']} examples, {result['label_tokens']} label tokens)")
         return result
+    missing = [r for r in [args.lora, *args.runs] if not Path(r).is_dir()]
+    if missing:
+        sys.exit(f"error: {', '.join(missing)}: no such run folder")
     with cli.user_input():
         lora_predictions, lora_loglik = predictions(args.lora, "generate"), predictions(args.lora, "loglik")
         rows = [row(r, lora_predictions, lora_loglik) for r in [args.lora, *args.runs]]

@@ -207,6 +207,8 @@ def test_study_table_counts_differing_answers_and_the_loglik_intervals(tmp_path)
     d = [-1] * 100 + [0] * 400  # boolq's first 250: LoRA right on all, PERA on 100-249; piqa's: both wrong
     assert rows[1]["loglik_paired_n"] == 500 and rows[1]["loglik_minus_lora"] == pytest.approx(-20.0)
     assert rows[1]["loglik_minus_lora_ci95"] == pytest.approx(100 * 1.96 * statistics.stdev(d) / 500 ** 0.5)
+    with pytest.raises(SystemExit, match="nowhere: no such run folder"):
+        study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "nowhere")])
     # no example in common: no paired cell
     (tmp_path / "lora" / "eval-loglik" / "predictions.jsonl").write_text("")
     rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
