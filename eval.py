@@ -22,11 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import adapters
-import cli
-import commonsense
 import pera
 from model import Transformer
+from support import adapters, cli, commonsense
 from tokenizer import Tokenizer
 from train import check_vocabulary, setup_distributed
 

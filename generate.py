@@ -13,9 +13,8 @@ import sys
 
 import torch
 
-import cli
-import commonsense
 import eval as evaluate
+from support import cli, commonsense
 
 
 def parse_args(argv=None):

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-import adapters
-import cli
 from model import Transformer
-from safetensors_io import load_checkpoint_tensors, save_safetensors
+from support import adapters, cli
+from support.safetensors_io import load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from safetensors_io import load_checkpoint_tensors
+from support.safetensors_io import load_checkpoint_tensors
 
 # -----------------------------------------------------------------------------
 # Config: one dataclass, filled from the checkpoint's own config.json.

@@ -47,10 +47,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import cli
-import gguf
-from commonsense import TASKS, load_records
-from safetensors_io import save_safetensors
+from support import cli, gguf
+from support.commonsense import TASKS, load_records
+from support.safetensors_io import save_safetensors
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB_URL = "https://huggingface.co"
@@ -424,9 +423,9 @@ def prepare_data(data_dir: Path, base_url: str, data_from: Path | None) -> bool:
     if failed:
         reasons = sorted({reason for _, reason in failed if reason != "not tried"})
         print(f"data: could not get {describe_missing([f for f, _ in failed])}: {'; '.join(reasons)}")
-        print(f"data: to use a local copy of the LLM-Adapters dataset folder run "
-              f"`python prepare.py --skip-model --data-from DIR` (DIR/<task>/{{train,test}}.json), "
-              f"or point --data-url / $PERA_DATA_URL at a mirror")
+        print("data: to use a local copy of the LLM-Adapters dataset folder run "
+              "`python prepare.py --skip-model --data-from DIR` (DIR/<task>/{train,test}.json), "
+              "or point --data-url / $PERA_DATA_URL at a mirror")
     return not failed
 
 

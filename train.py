@@ -33,11 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import adapters
-import cli
-import commonsense
 import pera
 from model import Transformer
+from support import adapters, cli, commonsense
 from tokenizer import Tokenizer
 
 # The papers' values; HiRA needs ~10x LoRA's. DoRA: 1e-4 as its authors' commonsense runs on LLaMA-7B (r = 32)

@@ -710,7 +710,7 @@ def test_code_that_reads_layer_weight_computes_the_adapted_layer(method, monkeyp
 
 @pytest.mark.parametrize("method", METHODS)
 def test_inject_and_load_adapter_keep_the_models_mode(method, tmp_path):
-    import adapters
+    from support import adapters
     model = tiny_model().eval()
     METHODS[method].inject(model, 4, dropout=0.1)
     assert not any(m.training for m in model.modules())

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
-
-import bench
 from conftest import shared
+
+from experiments import bench
 
 
 def test_variants_count_the_papers_parameters_and_share_the_base():

@@ -9,14 +9,13 @@ import json
 
 import pytest
 import torch
+from conftest import HERE_FIXTURES, shared
 
-import adapters
-import commonsense
 import generate
 import merge
-from conftest import HERE_FIXTURES, shared
 from model import Transformer
-from safetensors_io import load_safetensors
+from support import adapters, commonsense
+from support.safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
 

@@ -5,10 +5,10 @@ from dataclasses import fields
 
 import pytest
 import torch
-
 from conftest import HERE_FIXTURES, shared
+
 from model import Config, KVCache, Transformer
-from safetensors_io import load_safetensors, save_safetensors
+from support.safetensors_io import load_safetensors, save_safetensors
 
 SHARED_MODELS = ["tiny-llama", "tiny-llama3", "stories260K"]
 OUR_MODELS = ["tiny-qwen2", "tiny-llama-linear"]  # made by tests/fixtures/make_model_fixtures.py

@@ -5,14 +5,14 @@ import statistics
 
 import pytest
 import torch
+from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 
-import adapters
 import eval as evaluate
 import pera
 import train
 from model import Transformer
+from support import adapters
 from tokenizer import Tokenizer
-from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 
 
 def log(out):
@@ -132,8 +132,9 @@ def test_bad_study_arguments_are_one_clear_error(capsys, argv, message):
 
 
 def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_path):
-    import study
     from conftest import shared
+
+    from experiments import study
     tokenizer = Tokenizer.from_file(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"))  # the study's
     for task in ("boolq", "ARC-Easy", "openbookqa"):
         for record in json.loads(shared("data", "commonsense", task, "train.json").read_text())[:5]:
@@ -176,7 +177,8 @@ def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_pat
 
 def test_study_table_counts_differing_answers_and_the_loglik_intervals(tmp_path):
     import statistics
-    import study
+
+    from experiments import study
     # 1000 loglik examples: LoRA right on 0-249, PERA on 100-399, so PERA loses 100 and wins 150
     for run, outputs, right in [("lora", ["a", "b", "c", "d"], range(250)), ("pera", ["a", "x", "c", "y"], range(100, 400))]:
         (tmp_path / run / "eval-generate").mkdir(parents=True)

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from plot import nice_ticks, svg_plot
+from experiments.plot import nice_ticks, svg_plot
 
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -64,7 +64,8 @@ def test_nice_ticks_are_round_and_cover_the_range():
 
 def test_log_files_become_one_line_per_run(tmp_path):
     import json
-    import plot
+
+    from experiments import plot
     for run, losses in [("lora", [3.0, 2.0, 1.0]), ("pera", [3.0, 1.5, 0.5])]:
         (tmp_path / run).mkdir()
         records = [{"step": i + 1, "loss": v, **({"val_loss": v / 2} if i == 2 else {})} for i, v in enumerate(losses)]

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import gguf
-import prepare
 from conftest import HERE_FIXTURES, ROOT, shared
+
+import prepare
 from model import Transformer
-from safetensors_io import load_safetensors, save_safetensors
+from support import gguf
+from support.safetensors_io import load_safetensors, save_safetensors
 from tokenizer import BYTE_TO_CHAR, Tokenizer
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once

@@ -11,21 +11,20 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
+from conftest import HERE_FIXTURES, ROOT, shared
 
-import adapters
-import bench
-import cli
-import commonsense
 import eval as evaluate
 import generate
 import merge
 import train
-from conftest import HERE_FIXTURES, ROOT, shared
+from experiments import bench
 from model import Transformer
-from safetensors_io import load_safetensors
+from support import adapters, cli, commonsense
+from support.safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
 # The run every interrupted or killed run below must end up as (save_every changes no result).
@@ -467,11 +466,16 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 # The entry points themselves (`python tool.py ...`, run as __main__ in this process)
 
 def run_as_script(tool, argv, monkeypatch):
-    """What `python tool argv` exits with; an exception other than SystemExit is the traceback it would print."""
+    """What `python tool argv` (or `python -m tool argv`) exits with; an exception other than SystemExit is the traceback it would print."""
     monkeypatch.setattr(sys, "argv", [tool, *argv])
     handler = signal.getsignal(signal.SIGINT)
     try:
-        runpy.run_path(str(ROOT / tool), run_name="__main__")
+        if tool.endswith(".py"):  # `python train.py ...`
+            runpy.run_path(str(ROOT / tool), run_name="__main__")
+        else:  # `python -m experiments.bench ...`
+            with warnings.catch_warnings():  # the test imported it already: runpy's warning says so
+                warnings.simplefilter("ignore", RuntimeWarning)
+                runpy.run_module(tool, run_name="__main__")
     except SystemExit as e:
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the process is ending: no Ctrl-C traceback now
         return e.code
@@ -484,7 +488,7 @@ def run_as_script(tool, argv, monkeypatch):
 
 @pytest.mark.parametrize("tool, argv, message", [
     ("eval.py", ["--data", "no/such/data", "--tasks", "nope"], "error: unknown task 'nope'"),
-    ("bench.py", ["--model", "no/such/model"], "error: no/such/model: no config.json"),
+    ("experiments.bench", ["--model", "no/such/model"], "error: no/such/model: no config.json"),
 ])
 def test_the_tools_print_one_error_line(tool, argv, message, monkeypatch):
     assert run_as_script(tool, argv, monkeypatch).startswith(message)
@@ -494,12 +498,12 @@ def test_toy_plot_and_study_print_one_error_line(tmp_path, monkeypatch):
     bad_log = tmp_path / "run" / "log.jsonl"
     bad_log.parent.mkdir()
     bad_log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # cut off by a kill
-    code = run_as_script("plot.py", [str(bad_log), "--out", str(tmp_path / "loss.svg")], monkeypatch)
+    code = run_as_script("experiments.plot", [str(bad_log), "--out", str(tmp_path / "loss.svg")], monkeypatch)
     assert code.startswith(f"error: {bad_log}: line 2 is not JSON") and not (tmp_path / "loss.svg").exists()
-    code = run_as_script("toy.py", ["--targets", "gaussian", "--size", "4x4", "--rank", "2", "--steps", "10",
+    code = run_as_script("experiments.toy", ["--targets", "gaussian", "--size", "4x4", "--rank", "2", "--steps", "10",
                                     "--json", str(tmp_path / "no" / "such" / "dir" / "toy.json")], monkeypatch)
     assert code.startswith("error: ") and "toy.json" in code
-    code = run_as_script("study.py", ["label-loss", "--adapter", str(tmp_path / "nope")], monkeypatch)
+    code = run_as_script("experiments.study", ["label-loss", "--adapter", str(tmp_path / "nope")], monkeypatch)
     assert code.startswith("error: ") and "args.json" in code
 
 
@@ -546,7 +550,7 @@ def test_merge_bad_output_folder_and_config_are_one_line(trained_adapter, tmp_pa
 
 
 def test_merge_and_generate_ctrl_c_is_one_line(trained_adapter, stories_dir, tmp_path, monkeypatch, capsys):
-    import safetensors_io
+    from support import safetensors_io
 
     def interrupting(real):
         def wrapped(*a, **kw):

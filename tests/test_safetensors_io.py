@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import shared
-from safetensors_io import load_checkpoint_tensors, load_safetensors, save_safetensors
+
+from support.safetensors_io import load_checkpoint_tensors, load_safetensors, save_safetensors
 
 
 def test_safetensors_round_trip(tmp_path):

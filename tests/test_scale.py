@@ -11,15 +11,14 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import ROOT
+from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 
-import adapters
 import eval as evaluate
 import train
-from conftest import ROOT, shared
 from model import Transformer
-from safetensors_io import load_safetensors
-
-from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
+from support import adapters
+from support.safetensors_io import load_safetensors
 
 
 def log(folder):

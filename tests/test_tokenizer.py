@@ -14,8 +14,8 @@ import time
 import unicodedata
 
 import pytest
-
 from conftest import HERE_FIXTURES, shared
+
 from tokenizer import WHITE_SPACE, Tokenizer, translate_regex
 
 OURS = HERE_FIXTURES / "tokenizers"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import toy
+from experiments import toy
 
 SMALL = dict(out_features=16, in_features=12, rank=3, lr=2e-2, seed=0, tol=0.01, progress=False)
 

@@ -4,14 +4,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import HERE_FIXTURES, shared
 
-import adapters
-import commonsense
 import eval as evaluate
 import train
-from conftest import HERE_FIXTURES, shared
 from model import Transformer
-from safetensors_io import load_safetensors
+from support import adapters, commonsense
+from support.safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
 SPEC_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "

@@ -1,6 +1,6 @@
 """Our DoRA layer against Hugging Face PEFT's, one layer at a time (a development check, not a test).
 
-    /work/venv-ref/bin/python results/dora_vs_peft.py --json results/dora-vs-peft.json
+    PEFT_PYTHON -m experiments.dora_vs_peft --json results/dora-vs-peft.json
 
 Needs `peft` (not a project dependency; bench.py uses its re-implementation, bench.PeftDoRALinear, instead).
 For each adapted layer shape of SmolLM2-135M (q, k, v, up, down), with the same A, B and m in all four:
@@ -22,11 +22,9 @@ import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import bench  # noqa: E402
-import dora  # noqa: E402
-import lora  # noqa: E402
+import dora
+import lora
+from experiments import bench
 
 SHAPES = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "up_proj": (576, 1536),
           "down_proj": (1536, 576)}  # (in, out)

@@ -16,7 +16,7 @@ import hira
 import lora
 import loran
 import pera
-from safetensors_io import load_safetensors, save_safetensors
+from support.safetensors_io import load_safetensors, save_safetensors
 
 METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran}
 CLASSES = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,

@@ -1,8 +1,8 @@
 """The project's own SVG line plot: axes, ticks, lines, a legend, optionally a log y-axis. No dependency.
 
-    python plot.py results/reproduce/*/log.jsonl --key loss --out results/reproduce/loss.svg
+    python -m experiments.plot results/reproduce/*/log.jsonl --key loss --out results/reproduce/loss.svg
 
-    from plot import svg_plot
+    from experiments.plot import svg_plot
     Path("loss.svg").write_text(svg_plot([{"label": "LoRA", "x": steps, "y": losses}], title="training loss",
                                          xlabel="step", ylabel="loss"))
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import cli
+from support import cli
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22", "#000000")

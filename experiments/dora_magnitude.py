@@ -3,19 +3,16 @@
 ΔW = c ⊙ (W0 + s B A) − W0 with c = m / ‖W0 + s B A‖_row, which splits as (c − 1) ⊙ W0 + c ⊙ s B A: a
 row rescaling of the frozen weight (full rank wherever c ≠ 1) plus the rank-r direction update.
 
-    python results/dora_magnitude.py --adapter runs/reproduce/dora --json results/reproduce/dora/magnitude.json
+    python -m experiments.dora_magnitude --adapter runs/reproduce/dora --json results/reproduce/dora/magnitude.json
 """
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's own modules
-
-import adapters  # noqa: E402
-from cli import user_input  # noqa: E402
-from safetensors_io import load_checkpoint_tensors, load_safetensors  # noqa: E402
+from support import adapters
+from support.cli import user_input
+from support.safetensors_io import load_checkpoint_tensors, load_safetensors
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--adapter", required=True, help="a DoRA adapter folder from train.py")

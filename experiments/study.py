@@ -1,8 +1,8 @@
 """The PERA study's measurements beyond train.py and eval.py, and its table (study.sh runs it).
 
-    python study.py label-loss --adapter DIR     # validation loss on the answer label's tokens alone
-    python study.py table --lora DIR RUN...      # one row per run, compared with a LoRA run
-    python study.py log-cost --json FILE         # what train.py's PERA log record costs next to a step
+    python -m experiments.study label-loss --adapter DIR     # validation loss on the answer label's tokens alone
+    python -m experiments.study table --lora DIR RUN...      # one row per run, compared with a LoRA run
+    python -m experiments.study log-cost --json FILE         # what train.py's PERA log record costs next to a step
 
 At this scale most of the response loss is the answer template ("the correct answer is ..."), which every
 method learns alike; label-loss scores only the label's tokens ("answer2", "true") of the same 120
@@ -24,11 +24,9 @@ from pathlib import Path
 
 import torch
 
-import adapters
-import cli
-import commonsense
 import train
 from model import Transformer
+from support import adapters, cli, commonsense
 from tokenizer import Tokenizer
 
 

@@ -2,7 +2,7 @@
 # The small-scale reproduction in README.md's RESULTS section: zero-shot, LoRA, HiRA, PERA, PERA's
 # square-only and cross-only ablations, DoRA and LoRAN, all at rank 4 on SmolLM2-135M-Instruct with one budget.
 #
-#   bash reproduce.sh            # after `python prepare.py` (and --data-from where GitHub is unreachable)
+#   bash experiments/reproduce.sh            # after `python prepare.py` (and --data-from where GitHub is unreachable)
 #
 # Every method gets the same steps, batch, targets and seed. Each method's learning rate is tuned once,
 # on the validation loss of a short run (SWEEP_STEPS) over three values that start at the SPEC's own
@@ -10,7 +10,7 @@
 # ablations use PERA's. Each method keeps train.py's default dropout (its paper's). Nothing is tuned on test data.
 # About 5.5 hours on 2 CPU cores (DoRA and LoRAN add ~45 min each); set STEPS, SWEEP_STEPS, LIMIT to change the budget.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 MODEL=${MODEL:-checkpoints/SmolLM2-135M-Instruct}
 DATA=${DATA:-data/commonsense}
 OUT=${OUT:-runs/reproduce}

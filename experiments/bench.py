@@ -1,10 +1,10 @@
 """What each method costs: a training step's time and peak memory, and inference latency after merging.
 
-    python bench.py --model checkpoints/SmolLM2-135M-Instruct --ranks 4,16
-    python bench.py --shape llama-3.2-1b --layers 4 --batch-size 4 --seq-len 256     # no weights needed
-    python bench.py --plan --shape llama-3-8b --method pera --micro-batch-size 4      # memory plan, nothing allocated
-    python bench.py --shape smollm2-135m --methods lora,pera --grad-checkpoint        # what checkpointing saves
-    python bench.py --host 170000      # train.py's host work per step;   --load-rss 1.0: loading a checkpoint
+    python -m experiments.bench --model checkpoints/SmolLM2-135M-Instruct --ranks 4,16
+    python -m experiments.bench --shape llama-3.2-1b --layers 4 --batch-size 4 --seq-len 256     # no weights needed
+    python -m experiments.bench --plan --shape llama-3-8b --method pera --micro-batch-size 4      # memory plan, nothing allocated
+    python -m experiments.bench --shape smollm2-135m --methods lora,pera --grad-checkpoint        # what checkpointing saves
+    python -m experiments.bench --host 170000      # train.py's host work per step;   --load-rss 1.0: loading a checkpoint
 
 All variants share one frozen base model (each adapter wraps the same nn.Linear objects) and run
 interleaved in one process, after warm-up rounds, so machine noise hits them alike; each figure is the
@@ -22,7 +22,6 @@ DoRA row then also gets its step time as a multiple of PEFT's.
 """
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import random
@@ -41,11 +40,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from tqdm import tqdm
 
-import adapters
-import cli
 import dora
 from model import Config, Transformer
-from safetensors_io import save_safetensors
+from support import adapters, cli
+from support.safetensors_io import save_safetensors
 from train import DEFAULT_DROPOUT, collate, epoch_batches, loss_sum
 
 # Public models' shapes, for machines without their weights (random initialisation; the cost is the same).

@@ -1,7 +1,7 @@
 """The expressiveness experiment: which matrices can LoRA, PERA and HiRA reach at the same rank?
 
-    python toy.py                      # the default table, about a minute on 2 CPU cores
-    python toy.py --json results/toy.json --svg results/toy.svg
+    python -m experiments.toy                      # the default table, about a minute on 2 CPU cores
+    python -m experiments.toy --json results/toy.json --svg results/toy.svg
 
 Each target is a matrix T (out × in) to be reached as an update, ΔW ≈ T, and a frozen weight W0 (HiRA's
 update W0 ⊙ (B A) depends on it; LoRA's and PERA's do not). Every method wraps nn.Linear(in, out) with
@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import cli
 import hira
 import lora
 import pera
+from support import cli
 
 TARGETS = ("gaussian", "pera-generated", "hadamard", "low-rank")
 # (name, terms, init) of every fitted method; terms/init are PERA's ("-" for the others)
@@ -164,7 +164,7 @@ def table(rows):
 
 def plot(rows, path):
     """One panel-free chart: each method's error per target, with the two floors as dashed lines."""
-    from plot import svg_plot
+    from experiments.plot import svg_plot
     targets = list(dict.fromkeys(r["target"] for r in rows))
     x = list(range(len(targets)))
     series = []

@@ -8,12 +8,12 @@
 #   3. each evaluated as reproduce.sh does (generation on LIMIT examples per task, rank report), plus the
 #      validation loss on the answer label alone and log-likelihood accuracy on LOGLIK_LIMIT per task.
 #
-#   bash study.sh        # after `python prepare.py`; about 8 h on 2 CPU cores (see README)
+#   bash experiments/study.sh        # after `python prepare.py`; about 8 h on 2 CPU cores (see README)
 #
 # Resumable: every finished part is skipped, an interrupted training run continues from its checkpoint.
 # LORA: reproduce.sh's LoRA run folder (with its adapter); trained here, with the same arguments, if absent.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 MODEL=${MODEL:-checkpoints/SmolLM2-135M-Instruct}
 DATA=${DATA:-data/commonsense}
 OUT=${OUT:-results/study}
@@ -42,7 +42,7 @@ evaluate() {  # run folder: generation, rank report, label-only validation loss,
     [ -f "$run/eval-generate/results.json" ] || python eval.py --adapter "$run" --data "$DATA" --limit $LIMIT
     [ -f "$run/rank_report.md" ] || { python eval.py --adapter "$run" --rank-report > "$run/rank_report.tmp" \
         && mv "$run/rank_report.tmp" "$run/rank_report.md"; }
-    [ -f "$run/label_val_loss.json" ] || python study.py label-loss --adapter "$run" --data "$DATA" --model "$MODEL"
+    [ -f "$run/label_val_loss.json" ] || python -m experiments.study label-loss --adapter "$run" --data "$DATA" --model "$MODEL"
     [ -f "$run/eval-loglik/results.json" ] || python eval.py --adapter "$run" --data "$DATA" --mode loglik \
         --limit $LOGLIK_LIMIT
 }
@@ -73,10 +73,10 @@ done
 PERA_CODE=${PERA_CODE:-runs/reproduce/pera}  # reproduce.sh's PERA (code init, ratio 1), when at hand
 RUNS=("$OUT/pera-paper" "$OUT/pera-code-h$BEST" "$OUT/pera-paper-h$BEST")
 [ -f "$PERA_CODE/adapter_model.safetensors" ] && { evaluate "$PERA_CODE"; RUNS=("$PERA_CODE" "${RUNS[@]}"); }
-python study.py table --lora "$LORA" "${RUNS[@]}" --json "$OUT/study.json" | tee "$OUT/study.md"
+python -m experiments.study table --lora "$LORA" "${RUNS[@]}" --json "$OUT/study.json" | tee "$OUT/study.md"
 LOGS=("$LORA/log.jsonl")
 for run in "${RUNS[@]}"; do LOGS+=("$run/log.jsonl"); done
-python plot.py "${LOGS[@]}" --key loss --smooth 10 --out "$OUT/loss.svg"
-python plot.py "${LOGS[@]:1}" --key poly_share_median --log-y --out "$OUT/poly_share.svg"
-python plot.py "${LOGS[@]:1}" --key h_max --log-y --out "$OUT/h_max.svg"
-python plot.py "$OUT"/sweep/*/log.jsonl --key poly_share_median --log-y --out "$OUT/sweep/poly_share.svg"
+python -m experiments.plot "${LOGS[@]}" --key loss --smooth 10 --out "$OUT/loss.svg"
+python -m experiments.plot "${LOGS[@]:1}" --key poly_share_median --log-y --out "$OUT/poly_share.svg"
+python -m experiments.plot "${LOGS[@]:1}" --key h_max --log-y --out "$OUT/h_max.svg"
+python -m experiments.plot "$OUT"/sweep/*/log.jsonl --key poly_share_median --log-y --out "$OUT/sweep/poly_share.svg"

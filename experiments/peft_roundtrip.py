@@ -1,6 +1,6 @@
 """Does Hugging Face PEFT load what train.py writes, and give our model? (a development check, not a test)
 
-    /work/venv-ref/bin/python results/peft_roundtrip.py --python /work/venv/bin/python --json results/peft-roundtrip.json
+    PEFT_PYTHON -m experiments.peft_roundtrip --python python --json results/peft-roundtrip.json
 
 Needs `transformers` and `peft` (not project dependencies) and ../shared. For each method PEFT knows (LoRA,
 HiRA, DoRA): train.py runs a few steps on the real stories260K model with the project's own Python, then
@@ -18,10 +18,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from model import Transformer
+from support import adapters
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import adapters  # noqa: E402
-from model import Transformer  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "fixtures" / "models" / "stories260K"
