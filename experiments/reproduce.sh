@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The small-scale reproduction in README.md's RESULTS section: zero-shot, LoRA, HiRA, PERA, PERA's
+# The small-scale reproduction in docs/results.md: zero-shot, LoRA, HiRA, PERA, PERA's
 # square-only and cross-only ablations, DoRA and LoRAN, all at rank 4 on SmolLM2-135M-Instruct with one budget.
 #
 #   bash experiments/reproduce.sh            # after `python prepare.py` (and --data-from where GitHub is unreachable)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The PERA study on the real model (README, "Does the polynomial expansion matter?"): what wakes h?
+# The PERA study on the real model (docs/study.md): what wakes h?
 # Same protocol and budget as reproduce.sh (SmolLM2-135M-Instruct, rank 4, batch 16, seed 42, PERA's lr),
 # compared with its LoRA run:
 #   1. h's learning-rate ratio: code init, ratios 10, 100, 1000, SWEEP_STEPS steps each (lowest validation
@@ -8,7 +8,7 @@
 #   3. each evaluated as reproduce.sh does (generation on LIMIT examples per task, rank report), plus the
 #      validation loss on the answer label alone and log-likelihood accuracy on LOGLIK_LIMIT per task.
 #
-#   bash experiments/study.sh        # after `python prepare.py`; about 8 h on 2 CPU cores (see README)
+#   bash experiments/study.sh        # after `python prepare.py`; about 8 h on 2 CPU cores (see docs/study.md)
 #
 # Resumable: every finished part is skipped, an interrupted training run continues from its checkpoint.
 # LORA: reproduce.sh's LoRA run folder (with its adapter); trained here, with the same arguments, if absent.
