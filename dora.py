@@ -18,34 +18,20 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 class DoRALinear(nn.Module):
     """W' = m ⊙ (W0 + s·B A) / ‖W0 + s·B A‖_row,   y = W' x + bias,   s = alpha / r   (DoRA paper Eq. 5).
 
-    Each output row i of the weight is split into a direction, row i of W0 + s·BA divided by its norm
-    n_i, and a magnitude m_i. m (out,) is trained and starts at ‖W0‖_row; A (r, in) starts Kaiming-uniform
-    and B (out, r) at zero, so a fresh adapter is the base layer exactly (m / n = 1). As the paper
-    suggests (§4.3) and PEFT does, n is treated as a constant: it follows A and B in the forward but is
-    detached from the gradient, so A and B learn through the LoRA path only.
+    W0 (out, in) is the frozen base.weight, A is (r, in), B (out, r) and m (out,). Each output row of W' is
+    a direction, that row of W0 + s·BA over its norm n, times a trained magnitude m. Init: A Kaiming-
+    uniform, B = 0 and m = ‖W0‖_row, so a fresh adapter is the base layer exactly (m / n = 1). As the
+    paper suggests (§4.3) and PEFT does, n is detached from the gradient: A and B learn through the LoRA
+    path only.
 
-    The forward stays on the activation side: with g = m / n (out,) and u = base(x) + s·B A x,
-        y = g ⊙ u + (1 − g) ⊙ bias   =   g ⊙ (W0 x + s·B A x) + bias,
-    one matmul with W0 and LoRA's two thin ones, never the (out, in) matrix W'; the LoRA product is added
-    into base(x) in place, so the DoRA part costs one pass over the (tokens, out) output forward and two
-    backward. In bf16 (or under autocast) g = 1 + d would be rounded to steps of 2^-8, hiding a young
-    magnitude update, so there the forward works with the small d = (m − n) / n: y = u + d ⊙ (u − bias).
-    Either way g = 1 (d = 0) leaves base(x) exactly. The row norms need no
-    (out, in) temporary either:
-        n² = ‖W0‖²_row + 2s·rowsum(B ⊙ (W0 Aᵀ)) + s²·rowsum((B (A Aᵀ)) ⊙ B),
-    an (out, r) product with W0 per step, independent of the number of tokens (PEFT instead builds
-    B A through an (in, in) identity and then W0 + s·BA, both (out, in)-sized or larger).
-
-    Dropout follows PEFT's rule (peft 0.21, DoraLinearVariant.forward): while training with dropout, both
-    correction terms see the dropped input x' = dropout(x) and the base sees x,
-        y = base(x) + (g − 1) ⊙ (W0 x') + g ⊙ s·B A x'   =   base(x) + l + d ⊙ (W0 x' + l),   l = s·B A x',
-    which costs a second matmul with W0. In eval mode, or with dropout 0, x' = x and this is the
-    one-matmul form above.
-
+    The forward stays on the activation side and never forms the (out, in) W': with d = m / n − 1 (out,),
+        y = base(x) + s·B A x + d ⊙ (W0 x + s·B A x),
+    one matmul with W0 and LoRA's two thin ones. While training with dropout it follows PEFT's rule: the
+    base sees x and both correction terms see dropout(x), at the cost of a second matmul with W0.
     A, B and m are float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base;
-    the norms are computed in float32 and the forward casts to the activation's dtype, as lora.py does.
-    model.to(torch.bfloat16) after injection converts A, B and m too, as it converts every parameter:
-    convert the model first, then inject.
+    the norms are computed in float32 and the forward casts to the activation's dtype.
+    model.to(torch.bfloat16) after injection converts A, B and m too: convert the model first, then inject.
+    Derivations and measurements: docs/methods.md#dora
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0):
@@ -70,9 +56,34 @@ class DoRALinear(nn.Module):
         self.m = nn.Parameter(self.weight_norm())
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
+    def forward(self, x):
+        A, B, bias = self.A.to(x.dtype), self.B.to(x.dtype), self.base.bias
+        n = self.weight_norm()  # (out,), a constant for autograd
+        d = (self.m - n) / n  # m / n − 1, small: 1 + d in bf16 would round a young magnitude update away
+        if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule: both corrections see dropout(x)
+            x_ = self.dropout(x)
+            lora = F.linear(self.scaling * F.linear(x_, A), B)  # s·B A x'
+            y = self.base(x) + lora
+            return torch.addcmul(y, d.to(y.dtype), F.linear(x_, self.base.weight.to(y.dtype)) + lora)
+        fast = not torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float64)
+        if not fast:
+            u = self.base(x) + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
+            d = d.to(u.dtype)
+            y = torch.addcmul(u, d, u)  # u + d ⊙ u
+            return y if bias is None else y - d * bias.to(u.dtype)  # − d ⊙ bias: the bias is not rescaled
+        # Fast: 2 (tokens, out) tensors, not 4 or 5; tests/test_adapters.py::test_dora_fast_forward_is_the_plain_one
+        x2 = x.reshape(-1, x.shape[-1])  # (tokens, in): addmm_ below needs a 2-D tensor that is not a view
+        u = self.base(x2)  # (tokens, out)
+        # u += s·(x Aᵀ) Bᵀ in place: linear's backward does not need its output, and no extra pass is made
+        u.addmm_(F.linear(x2, A), B.T, alpha=self.scaling)
+        g = 1 + d  # = m / n, in float32 or float64 here
+        y = g * u if bias is None else torch.addcmul((1 - g) * bias, g, u)  # g ⊙ u + (1 − g) ⊙ bias
+        return y.view(*x.shape[:-1], -1)
+
     @torch.no_grad()
     def weight_norm(self):
         """n = ‖W0 + s·B A‖ per output row (out,), detached, in float32 (float64 for a float64 adapter)."""
+        # No (out, in) temporary, one (out, r) product: tests/test_adapters.py::test_dora_row_norm_form_is_the_direct_norm
         dtype = torch.promote_types(self.A.dtype, torch.float32)
         W0, A, B, s = self.base.weight, self.A.to(dtype), self.B.to(dtype), self.scaling
         device = "cpu" if W0.is_meta else W0.device.type  # autocast knows no meta device (a model built on meta)
@@ -83,28 +94,6 @@ class DoRALinear(nn.Module):
             cross = (B * w0_at).sum(1)  # rowsum(B ⊙ W0 Aᵀ) = Σ_j W0_ij (BA)_ij
             square = ((B @ (A @ A.T)) * B).sum(1)  # rowsum(B AAᵀ ⊙ B) = ‖(BA)_i‖²
             return (w0_sq + 2 * s * cross + s * s * square).clamp_min(0).sqrt()
-
-    def forward(self, x):
-        A, B, bias = self.A.to(x.dtype), self.B.to(x.dtype), self.base.bias
-        n = self.weight_norm()  # (out,), a constant for autograd
-        d = (self.m - n) / n  # m / n − 1
-        if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule, see the docstring
-            x_ = self.dropout(x)
-            lora = F.linear(self.scaling * F.linear(x_, A), B)  # s·B A x'
-            y = self.base(x) + lora
-            return torch.addcmul(y, d.to(y.dtype), F.linear(x_, self.base.weight.to(y.dtype)) + lora)
-        if torch.is_autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64):
-            u = self.base(x) + F.linear(self.scaling * F.linear(x, A), B)  # W0 x + bias + s·B A x
-            d = d.to(u.dtype)
-            y = torch.addcmul(u, d, u)  # u + d ⊙ u
-            return y if bias is None else y - d * bias.to(u.dtype)  # − d ⊙ bias: the bias is not rescaled
-        x2 = x.reshape(-1, x.shape[-1])  # (tokens, in): addmm_ below needs a 2-D tensor that is not a view
-        u = self.base(x2)  # (tokens, out)
-        # u += s·(x Aᵀ) Bᵀ in place: linear's backward does not need its output, and no extra pass is made
-        u.addmm_(F.linear(x2, A), B.T, alpha=self.scaling)
-        g = 1 + d  # = m / n
-        y = g * u if bias is None else torch.addcmul((1 - g) * bias, g, u)
-        return y.view(*x.shape[:-1], -1)
 
     def delta_weight(self):
         """ΔW = W' − W0 = (m / n) ⊙ (W0 + s·B A) − W0, shaped like base.weight, in float32 (float64 for a

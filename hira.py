@@ -17,28 +17,21 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 class HiRALinear(nn.Module):
     """y = (W0 + ΔW) x + bias,   ΔW = W0 ⊙ (B A)   (HiRA paper Eq. 6).
 
-    Because B A multiplies W0 elementwise, rank(ΔW) ≤ rank(W0) · r rather than r, for the same
-    r · (in + out) trainable numbers as LoRA. With W0 replaced by a matrix of ones HiRA is LoRA with
-    s = 1 (paper §4.3). There is no alpha / r scaling: the authors' code and PEFT have none.
+    W0 (out, in) is the frozen base.weight, A is (r, in) and B (out, r): the paper's A (out, r) is our B
+    and its B our A, so that every adapter file uses one naming. Because B A multiplies W0 elementwise,
+    rank(ΔW) ≤ rank(W0) · r rather than r, for LoRA's r · (in + out) trainable numbers; with W0 replaced
+    by ones, HiRA is LoRA with s = 1 (paper §4.3). There is no alpha / r scaling: the authors' code and
+    PEFT have none. Init (the authors' code and PEFT): A Kaiming-uniform, B = 0, so ΔW = 0 and a fresh
+    adapter changes nothing.
 
-    Naming: the paper writes ΔW = W0 ⊙ (AB) with its A of shape (out, r), so its A is our B and its B
-    our A. We keep one naming across lora.py, hira.py and pera.py: A (r, in), B (out, r). Init follows
-    the authors' code and PEFT: A Kaiming-uniform, B zero, so ΔW = 0 and a fresh adapter changes nothing
-    (the paper's "A zero, B Kaiming" is the same init under its names).
-
-    There is no activation-side shortcut: the forward has to build the (out, in) matrix W0 ⊙ (B A), which
-    is the method's inherent cost. The base and the update can share one matmul, though. With no dropout
-    active (p = 0, or eval mode) the forward is x @ (W0 + W0 ⊙ BA)^T, the merged weight itself: one matmul
-    forward and two backward, where PEFT's base(x) + x @ (W0 ⊙ BA)^T spends two and three. Dropout active
-    in training needs the two-matmul form, since the base must see x and the update dropout(x).
-
-    The fused form is used only when the matmul runs in float32 or float64. Rounded to bf16, the fused
-    weight would lose every entry of B A below 2^-9 ≈ 0.002 in magnitude (a young update would be
-    invisible to the forward: measured, a relative error of 1.0 at |BA| ≈ 1e-4), so in bf16 or under
-    autocast the update gets its own matmul, base(x) + x @ (W0 ⊙ BA)^T, and keeps its precision.
-    B A and W0 ⊙ (B A) are computed in float32; A and B are float32 (float64 for a float64 base) on
-    base.weight's device, even for a bf16 base. model.to(torch.bfloat16) after injection converts A and B
-    too, as it converts every parameter: convert the model first, then inject.
+    The forward builds the (out, in) matrix W0 ⊙ (B A) every call: the method's inherent cost. With no
+    dropout active, in float32 or float64, it then runs the base and the update as one matmul with
+    W0 + ΔW; in bf16 or under autocast the update keeps a matmul of its own, since W0 + ΔW rounded to bf16
+    would lose a young update. Dropout acts on the update's input only.
+    A and B are float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base, and
+    B A and W0 ⊙ (B A) are computed in float32. model.to(torch.bfloat16) after injection converts A and B
+    too: convert the model first, then inject.
+    Derivations and measurements: docs/methods.md#hira
     """
 
     def __init__(self, base, rank, dropout=0.0):
@@ -63,8 +56,10 @@ class HiRALinear(nn.Module):
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # what the matmul computes in
         dropout_active = self.training and isinstance(self.dropout, nn.Dropout)
-        if dropout_active or dtype not in (torch.float32, torch.float64):
-            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))
+        fused = not dropout_active and dtype in (torch.float32, torch.float64)  # bf16 would round ΔW away in W0 + ΔW
+        if not fused:
+            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))  # W0 x + bias + ΔW x'
+        # Fused: saves a matmul forward and one backward; tests/test_adapters.py::test_fused_forward_is_the_plain_one
         weight = self.base.weight + self.delta_weight()  # W0 + W0 ⊙ BA: the merged weight, one matmul
         return F.linear(x, weight.to(x.dtype), self.base.bias)
 

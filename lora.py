@@ -28,6 +28,7 @@ class LoRALinear(nn.Module):
     dtype, so a bf16 model, with or without autocast, runs the adapter in bf16 like the rest of the layer.
     model.to(torch.bfloat16) after injection converts A and B too, as it converts every parameter:
     convert the model first, then inject.
+    Cost and dtypes in detail: docs/methods.md#lora
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0):

@@ -22,23 +22,19 @@ def sinter(x, amplitude, omega):
 class LoRANLinear(nn.Module):
     """y = (W0 + ΔW) x + bias,   ΔW = s · Sinter(B A),   Sinter(x) = x + λ·x·sin(ω x),   s = alpha / r.
 
-    The nonlinearity acts elementwise on the (out, in) update B A, as the authors' code (a fork of PEFT 0.4)
-    does. The defaults λ = amplitude = 5e-4 and ω = omega = 1e3 are that code's (`mlora_af_sin_A`,
-    `mlora_af_sin_omega`); their released 20-Newsgroups run on Llama-2-7B used λ = 5e-5, ω = 1e4, r = 64,
-    alpha 16 (s = 0.25), dropout 0.2, on q_proj and v_proj. Init is LoRA's (A Kaiming-uniform, B = 0), so
-    ΔW = 0 and a fresh adapter is the base layer; amplitude = 0 is LoRA exactly. The sine makes ΔW
-    full-rank in general, for the same r · (in + out) trainable numbers as LoRA.
+    W0 (out, in) is the frozen base.weight, A is (r, in) and B (out, r). Sinter acts elementwise on the
+    (out, in) update B A, as the authors' code (a fork of PEFT 0.4) does, and its defaults λ = amplitude =
+    5e-4 and ω = omega = 1e3 are that code's. Init is LoRA's, A Kaiming-uniform and B = 0, so ΔW = 0 and
+    a fresh adapter is the base layer; amplitude = 0 is LoRA exactly. The sine makes ΔW full-rank in
+    general, for LoRA's r · (in + out) trainable numbers.
 
-    Like HiRA, there is no activation-side shortcut: the forward builds the (out, in) update every step.
-    Base and update share one matmul as in hira.py: with no dropout active (p = 0, or eval mode), the
-    forward is x @ (W0 + ΔW)^T, the merged weight itself, one matmul forward and two backward. Dropout
-    active in training needs base(x) + dropout(x) @ ΔW^T, since the base must see x and the update
-    dropout(x). The fused form is used only when the matmul runs in float32 or float64: rounded to bf16,
-    the fused weight would lose every entry of ΔW below bf16's resolution of W0, so in bf16 or under
-    autocast the update gets its own matmul (hira.py's docstring has the measurement). B A and Sinter are
-    computed in float32; A and B are float32 (float64 for a float64 base) on base.weight's device.
-    model.to(torch.bfloat16) after injection converts A and B too, as it converts every parameter:
-    convert the model first, then inject.
+    Like HiRA, the forward builds the (out, in) update every call. With no dropout active, in float32 or
+    float64, it then runs the base and the update as one matmul with W0 + ΔW; in bf16 or under autocast
+    the update keeps a matmul of its own, since W0 + ΔW rounded to bf16 would lose a young update.
+    Dropout acts on the update's input only. A and B are float32 (float64 for a float64 base) on
+    base.weight's device, and B A and Sinter are computed in float32. model.to(torch.bfloat16) after
+    injection converts A and B too: convert the model first, then inject.
+    Derivations, measurements and the authors' settings: docs/methods.md#loran
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0, amplitude=5e-4, omega=1e3):
@@ -68,8 +64,10 @@ class LoRANLinear(nn.Module):
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # what the matmul computes in
         dropout_active = self.training and isinstance(self.dropout, nn.Dropout)
-        if dropout_active or dtype not in (torch.float32, torch.float64):
-            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))
+        fused = not dropout_active and dtype in (torch.float32, torch.float64)  # bf16 would round ΔW away in W0 + ΔW
+        if not fused:
+            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))  # W0 x + bias + ΔW x'
+        # Fused: saves a matmul forward and one backward; tests/test_adapters.py::test_fused_forward_is_the_plain_one
         weight = self.base.weight + self.delta_weight()  # W0 + s·Sinter(BA): the merged weight, one matmul
         return F.linear(x, weight.to(x.dtype), self.base.bias)
 

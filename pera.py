@@ -33,39 +33,23 @@ def pairs(r, terms="all"):
 class PERALinear(nn.Module):
     """ΔW = s · ( B A + Σ_{i ≤ j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T ) = s · B̂ Â,  s = alpha / r  (PERA paper Eq. 9).
 
-    b_i is column i of B (out, r) and a_i is row i of A (r, in). On top of LoRA's r rank-one terms, each
-    pair i ≤ j adds one whose factors are Hadamard products of LoRA's own factors, weighted by an entry
-    of one trainable vector h (one vector per layer, pairs in torch.triu_indices order). Concatenation
-    writes the sum as one product,
+    b_i is column i of B (out, r), a_i is row i of A (r, in), and h (P,) is one trainable vector per layer,
+    one entry per kept pair, in torch.triu_indices order. Concatenation writes ΔW as one product,
         B̂ = [B, b_i ⊙ b_j]  (out, r + P)        Â = [A; h_ij (a_i ⊙ a_j)]  (r + P, in),
-    so PERA is a LoRA of rank r + P whose factors are recomputed from A, B, h. The forward builds B̂ and Â
-    once per call (cost ∝ (in + out) · P, independent of the number of tokens), then stays on the
-    activation side like LoRA: it never forms the (out, in) ΔW. Hence rank(ΔW) ≤ r + P.
+    built once per call; the forward then stays on the activation side like LoRA and never forms the
+    (out, in) ΔW. rank(ΔW) ≤ r + P. terms: "all" (Eq. 9, P = r(r+1)/2), "square" i = j (Eq. 10, P = r),
+    "cross" i < j (Eq. 11, P = r(r-1)/2). degree k > 2, beyond the paper, is at the end of this file.
 
-    terms: "all" keeps every pair (Eq. 9, P = r(r+1)/2, so r + P = 152 at r = 16), "square" only i = j
-    (Eq. 10, P = r), "cross" only i < j (Eq. 11, P = r(r-1)/2). The authors' ablations froze the other
-    half of h at zero; leaving those terms out is the same function with fewer parameters.
+    Init, ΔW = 0 either way (a fresh adapter changes nothing; with h = 0 PERA is LoRA): init="code" (the
+    default, the authors' code) A Kaiming-uniform, B = 0, h = 0; init="paper" (the paper's text) A = 0,
+    B Gaussian with std 1/r, h = 0. Under both, h's gradient is zero at step 0 (it is quadratic in the
+    factor that starts at zero): the polynomial terms start silent.
 
-    degree k > 2, which the paper leaves open, adds products of three to k factors after the pairs; it is an
-    extension beyond the paper, kept apart at the end of this file (`degree_k_factors`).
-
-    init="code" (the default) follows the authors' code: A Kaiming-uniform, B = 0, h = 0. init="paper"
-    follows the paper's text: A = 0, B Gaussian, h = 0. The paper gives no std; we take 1/r, the std PEFT's
-    LoRA gives its Gaussian factor (init_lora_weights="gaussian"): it does not depend on the layer's width,
-    and it keeps the first steps tame, where N(0, 1) would not. Under Adam each entry of the zero factor
-    moves by about lr per step, so ΔW's entries first move by about lr/√r (paper) against lr·√(r/(3·in))
-    (code: A's std is 1/√(3·in)), about 10× more at r = 4, in = 576: the paper init also acts as a larger
-    learning rate for B A. Both start at ΔW = 0, so a fresh adapter changes nothing; with h = 0 PERA is LoRA.
-    Why h starts silent under either: ∂L/∂h_ij = s · (b_i ⊙ b_j)ᵀ G (a_i ⊙ a_j) with G = ∂L/∂ΔW is
-    quadratic in the factor that starts at zero (B for "code", A for "paper"), so it is 0 at step 0 and
-    grows only as the square of that factor's small first updates; the polynomial terms are h times those
-    squares again. The paper init's b_i ⊙ b_j ~ 1/r² is far larger than the code init's a_i ⊙ a_j ~ 1/(3·in),
-    hence h's larger gradient under it.
-
-    alpha defaults to r, so s = 1, the value the authors' code uses (it applies no scaling). Dropout acts
-    on the adapter's input only. A, B, h are float32 (float64 for a float64 base) on base.weight's device,
-    even for a bf16 base; the forward casts B̂ and Â to the activation's dtype. model.to(torch.bfloat16) after
-    injection converts A, B, h too, as it converts every parameter: convert the model first, then inject.
+    alpha defaults to r, so s = 1, as in the authors' code. Dropout acts on the adapter's input only.
+    A, B, h are float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base; the
+    forward casts B̂ and Â to the activation's dtype. model.to(torch.bfloat16) after injection converts
+    A, B, h too: convert the model first, then inject.
+    Derivations and measurements: docs/methods.md#pera
     """
 
     def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2, init="code"):
@@ -105,6 +89,12 @@ class PERALinear(nn.Module):
             nn.init.normal_(self.B, std=1 / rank)
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
+    def forward(self, x):
+        B_hat, A_hat = self.expanded_factors()  # (out, r + P), (r + P, in)
+        B_hat, A_hat = B_hat.to(x.dtype), A_hat.to(x.dtype)
+        # s multiplies the (..., r + P) activation, the narrowest tensor on the path.
+        return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A_hat), B_hat)
+
     def expanded_factors(self):
         """B̂ (out, r + P) and Â (r + P, in), with ΔW = s · B̂ Â: Eq. 9 as two concatenations."""
         if self.degree > 2:
@@ -132,12 +122,6 @@ class PERALinear(nn.Module):
                 idx = degree_k_indices(self.rank, self.terms, self.degree)
             self._idx = idx.to(self.A.device)
         return self._idx
-
-    def forward(self, x):
-        B_hat, A_hat = self.expanded_factors()
-        B_hat, A_hat = B_hat.to(x.dtype), A_hat.to(x.dtype)
-        # s multiplies the (..., r + P) activation, the narrowest tensor on the path.
-        return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A_hat), B_hat)
 
     def delta_weight(self):
         """ΔW = s · B̂ Â, shaped like base.weight, in float32 (float64 for a float64 adapter) even under autocast."""

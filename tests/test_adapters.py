@@ -478,6 +478,65 @@ def test_hira_and_loran_build_out_by_in_and_fuse_the_base_matmul(method):
     assert token_matmuls(two) == 2 + 3  # base and update forward; two input gradients and one weight gradient
 
 
+def token_matmuls_forward(adapter, x):
+    """The matmuls one forward runs on the tokens (an input shape holds their count), by aten op."""
+    with OpRecorder(adapter.base.weight) as rec:
+        adapter(x)
+    tokens = x.reshape(-1, x.shape[-1]).shape[0]
+    return [f for f, ins, _ in rec.ops if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+                                                torch.ops.aten.addmm_.default) and any(tokens in s for s in ins)]
+
+
+FUSED_CASES = [(c, i) for c, i in zip(CASES, CASE_IDS) if c[0] in ("hira", "loran")]
+
+
+@pytest.mark.parametrize("method,kw", [c for c, _ in FUSED_CASES], ids=[i for _, i in FUSED_CASES])
+def test_fused_forward_is_the_plain_one(method, kw):
+    """HiRA's and LoRAN's fused forward, x @ (W0 + ΔW)^T in one matmul, against their plain one, base(x) + x' @ ΔW^T.
+
+    The plain form runs whenever dropout is active: a dropout of p = 0 in training reaches it with x' = x, so
+    both paths run in float64 on the same numbers, and outputs and gradients agree to rounding.
+    """
+    adapter = randomize(make(method, make_base(dtype=torch.float64), dropout=0.1, **kw))
+    adapter.dropout.p = 0.0  # still an active nn.Dropout in training: the plain path, dropping nothing
+    x = torch.randn(2, 5, 24, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, 20, dtype=torch.float64)
+
+    def run(train):
+        y = adapter.train(train)(x)
+        return [y, *torch.autograd.grad((y * g).sum(), [x, adapter.A, adapter.B])]
+
+    fused, plain = run(False), run(True)
+    assert len(token_matmuls_forward(adapter.eval(), x)) == 1  # base and update in one matmul
+    assert len(token_matmuls_forward(adapter.train(), x)) == 2  # base(x) and x' @ ΔW^T
+    for name, a, b in zip(["y", "x", "A", "B"], fused, plain):
+        assert rel_err(a, b) < 1e-14, name
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dora_fast_forward_is_the_plain_one(bias):
+    """DoRA's float32/float64 forward (LoRA's product added into base(x) in place, g ⊙ u + (1 − g) ⊙ bias with
+    g = m / n) against its plain one, u + d ⊙ (u − bias) with d = m / n − 1, which runs under autocast.
+
+    Autocast leaves float64 tensors alone, so under it the plain path runs in float64 too, on the same numbers.
+    """
+    adapter = randomize(make("dora", make_base(bias=bias, dtype=torch.float64), alpha=8)).eval()
+    x = torch.randn(2, 5, 24, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, 20, dtype=torch.float64)
+
+    def run(autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = adapter(x)
+            ops = token_matmuls_forward(adapter, x)
+        assert y.dtype == torch.float64
+        return ops, [y, *torch.autograd.grad((y * g).sum(), [x, adapter.A, adapter.B, adapter.m])]
+
+    (fast_ops, fast), (plain_ops, plain) = run(False), run(True)
+    assert torch.ops.aten.addmm_.default in fast_ops and torch.ops.aten.addmm_.default not in plain_ops
+    for name, a, b in zip(["y", "x", "A", "B", "m"], fast, plain):
+        assert rel_err(a, b) < 1e-14, name
+
+
 # ---------------------------------------------------------------------------------------------------
 # Arguments are checked with one clear error.
 

@@ -1,8 +1,9 @@
 """PERA's two initialisations, the gradient of h, and the polynomial share (pera.py).
 
 The docstring of PERALinear says h starts silent because its gradient is quadratic in the factor that
-starts at zero. Here that sentence is an identity: h's autograd gradient equals s · (b_i ⊙ b_j)ᵀ G (a_i ⊙ a_j),
-G = ∂L/∂ΔW, written out in float64, and it is exactly zero at step 0 under both inits.
+starts at zero (docs/methods.md#pera derives it). Here that sentence is an identity: h's autograd gradient
+equals s · (b_i ⊙ b_j)ᵀ G (a_i ⊙ a_j), G = ∂L/∂ΔW, written out in float64, and it is exactly zero at step 0
+under both inits.
 """
 import math
 
