@@ -2,7 +2,7 @@
 
     python prepare.py                                     # SmolLM2-135M-Instruct + the commonsense sets
     python prepare.py --model Qwen/Qwen2.5-0.5B-Instruct  # another public llama/qwen2 repo from the hub
-    python prepare.py --skip-model --data-from ../shared/data/commonsense
+    python prepare.py --skip-model --data-from DIR        # the data from a local copy of LLM-Adapters' dataset/
     python prepare.py --gguf model.gguf --out checkpoints/my-model   # convert a llama.cpp file
 
 The model lands in checkpoints/<name>/ in Hugging Face layout (config.json, model.safetensors,
@@ -407,8 +407,8 @@ def describe_missing(files: list) -> str:
 def prepare_data(data_dir: Path, base_url: str, data_from: Path | None) -> bool:
     """Fetch or copy the data, and say what is missing and how to get it.
 
-    False when a download failed; a file that the --data-from folder lacks is only reported (the shared
-    copy has no hellaswag, for instance)."""
+    False when a download failed; a file that the --data-from folder lacks is only reported (a copy
+    without hellaswag, for instance)."""
     if data_from is not None:
         with timed("data copy"):
             copied, missing = copy_data(data_from, data_dir)
