@@ -2,7 +2,7 @@
 
     PEFT_PYTHON -m experiments.peft_roundtrip --python python --json results/peft-roundtrip.json
 
-Needs `transformers` and `peft` (not project dependencies) and ../shared. For each method PEFT knows (LoRA,
+Needs `transformers` and `peft` (not project dependencies). For each method PEFT knows (LoRA,
 HiRA, DoRA): train.py runs a few steps on the real stories260K model with the project's own Python, then
 PeftModel.from_pretrained loads the adapter folder onto transformers' LlamaForCausalLM, and its logits are
 compared with those of model.py + adapters.load_adapter on the same ids.
@@ -23,8 +23,8 @@ from support import adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHARED = ROOT.parent / "shared"
-MODEL = SHARED / "fixtures" / "models" / "stories260K"
+MODEL = ROOT / "tests" / "fixtures" / "models" / "stories260K"
+DATA = ROOT / "tests" / "fixtures" / "commonsense"  # the first records of the real sets
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
         data = Path(tmp) / "data"
         for task in ("boolq", "ARC-Easy"):  # a small slice of the real training sets
             (data / task).mkdir(parents=True)
-            records = json.loads((SHARED / "data" / "commonsense" / task / "train.json").read_text())[:40]
+            records = json.loads((DATA / task / "train.json").read_text())[:40]
             (data / task / "train.json").write_text(json.dumps(records))
         for method in args.methods.split(","):
             out = Path(tmp) / method

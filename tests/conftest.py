@@ -1,27 +1,38 @@
-"""Shared test helpers: where the read-only fixtures live, and how a test asks for them.
-
-The fixtures in ../shared are not part of the repository. A test that needs one skips with a reason
-that says where it looked; under CI (CI=true) a missing ../shared is a failure, never a silent skip.
-"""
-import os
+"""Shared test helpers: where the fixtures live (tests/fixtures, see its README.md), and how a test asks for one."""
+import atexit
+import functools
+import gzip
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PERA_SHARED", ROOT.parent / "shared"))
-HERE_FIXTURES = ROOT / "tests" / "fixtures"  # small fixtures we generated and commit (see tests/fixtures/README.md)
+HERE_FIXTURES = ROOT / "tests" / "fixtures"  # every fixture the suite needs, committed with it
 
 sys.path.insert(0, str(ROOT))
 
 
-def shared(*parts) -> Path:
-    """The path ../shared/<parts>, or skip (fail under CI) when it is not there."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        reason = f"fixture {path} not found (the read-only ../shared folder is expected beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+def fixture(*parts) -> Path:
+    """The path tests/fixtures/<parts>. A file stored gzip-compressed as <parts>.gz (the large tokenizer.json
+    files) is decompressed once per session into a temporary folder, and that copy's path is returned."""
+    path = HERE_FIXTURES.joinpath(*parts)
+    if path.exists() or not path.with_name(path.name + ".gz").is_file():
+        return path
+    return unpacked(path)
+
+
+@functools.cache
+def unpacked(path: Path) -> Path:
+    copy = Path(unpacked_root()) / path.relative_to(HERE_FIXTURES)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path.with_name(path.name + ".gz")) as src, open(copy, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return copy
+
+
+@functools.cache
+def unpacked_root() -> str:
+    folder = tempfile.mkdtemp(prefix="pera-fixtures-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

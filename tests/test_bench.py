@@ -3,13 +3,13 @@ import json
 
 import pytest
 import torch
-from conftest import shared
+from conftest import fixture
 
 from experiments import bench
 
 
 def test_variants_count_the_papers_parameters_and_share_the_base():
-    folder = shared("fixtures", "models", "stories260K")
+    folder = fixture("models", "stories260K")
     args = bench.parse_args(["--model", str(folder), "--ranks", "2,4", "--device", "cpu"])
     args.targets = args.targets.split(",")
     model = bench.build_model(args)
@@ -40,7 +40,7 @@ def test_variants_count_the_papers_parameters_and_share_the_base():
 
 
 def test_merged_variant_computes_what_its_adapter_computes():
-    folder = shared("fixtures", "models", "stories260K")
+    folder = fixture("models", "stories260K")
     args = bench.parse_args(["--model", str(folder), "--ranks", "4", "--methods", "lora,pera", "--device", "cpu"])
     args.targets = args.targets.split(",")
     model = bench.build_model(args)
@@ -99,7 +99,7 @@ def test_sharded_bf16_checkpoint_loads_without_a_float32_copy(tmp_path):
 
 def test_peft_dora_variant_is_dora_computed_the_peft_way():
     """bench.PeftDoRALinear (PEFT's DoRA, re-implemented) and dora.DoRALinear: the same function and gradients."""
-    folder = shared("fixtures", "models", "stories260K")
+    folder = fixture("models", "stories260K")
     args = bench.parse_args(["--model", str(folder), "--ranks", "4", "--methods", "lora,dora,dora-peft", "--device", "cpu"])
     args.targets = args.targets.split(",")
     model = bench.build_model(args)

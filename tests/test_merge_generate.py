@@ -2,14 +2,14 @@
 
 merge.py's output is checked against logits that transformers + PEFT computed with PEFT's own adapter
 files (tests/fixtures/peft), and for PERA, which PEFT lacks, against the unmerged adapter; generate.py's
-greedy text against the ids transformers generated for stories260K (../shared's greedy.json).
+greedy text against the ids transformers generated for stories260K (tests/fixtures/models/stories260K/greedy.json).
 """
 import io
 import json
 
 import pytest
 import torch
-from conftest import HERE_FIXTURES, shared
+from conftest import HERE_FIXTURES, fixture
 
 import generate
 import merge
@@ -21,7 +21,7 @@ from tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def stories_dir():
-    return shared("fixtures", "models", "stories260K")
+    return fixture("models", "stories260K")
 
 
 def input_ids(model_dir):
@@ -47,7 +47,7 @@ def random_adapter(model_dir, folder, method, seed=0, **kw):
 
 @pytest.mark.parametrize("method", ["lora", "hira", "dora"])
 def test_merged_folder_gives_the_logits_transformers_and_peft_compute(tmp_path, method):
-    base = shared("fixtures", "models", "tiny-llama")
+    base = fixture("models", "tiny-llama")
     out = tmp_path / "merged"
     merge.main(["--adapter", str(HERE_FIXTURES / "peft" / method), "--model", str(base), "--out", str(out)])
     reference = load_safetensors(HERE_FIXTURES / "peft" / method / "reference.safetensors")["logits"]
@@ -110,7 +110,7 @@ def test_merge_to_bf16_rounds_once_and_says_so_in_the_config(tmp_path, stories_d
 
 def test_merge_errors_are_one_line_and_write_nothing(tmp_path, stories_dir, capsys, monkeypatch):
     adapter = random_adapter(stories_dir, tmp_path / "pera", "pera")
-    tiny = shared("fixtures", "models", "tiny-llama")
+    tiny = fixture("models", "tiny-llama")
     cases = [
         (["--adapter", str(tmp_path), "--out", str(tmp_path / "x")], "no adapter_config.json"),
         (["--adapter", str(adapter), "--model", str(tiny), "--out", str(tmp_path / "x")], "does not fit the model"),
@@ -171,7 +171,7 @@ def test_sampling_with_top_k_1_is_greedy_and_a_seed_repeats(stories_dir):
                          ids=["byte-level", "byte-fallback"])
 def test_streamed_pieces_are_whole_characters_and_add_up_to_the_decode(tokenizer_dir):
     """Characters of 2-4 UTF-8 bytes split over several tokens are shown once complete, never as U+FFFD."""
-    tokenizer = Tokenizer.from_file(shared("fixtures", *tokenizer_dir) / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(fixture(*tokenizer_dir, "tokenizer.json"))
     text = "Café, naïve, Ελληνικά, 日本語のテキスト, emoji 🙂👍🏽 and a family 👨‍👩‍👧."
     ids = tokenizer.encode(text)
     assert any(tokenizer.decode(ids[:i]).endswith("\ufffd") for i in range(1, len(ids)))  # characters do split

@@ -5,20 +5,19 @@ from dataclasses import fields
 
 import pytest
 import torch
-from conftest import HERE_FIXTURES, shared
+from conftest import HERE_FIXTURES, fixture
 
 from model import Config, KVCache, Transformer
 from support.safetensors_io import load_safetensors, save_safetensors
 
-SHARED_MODELS = ["tiny-llama", "tiny-llama3", "stories260K"]
-OUR_MODELS = ["tiny-qwen2", "tiny-llama-linear"]  # made by tests/fixtures/make_model_fixtures.py
+MODELS = ["tiny-llama", "tiny-llama3", "stories260K", "tiny-qwen2", "tiny-llama-linear"]  # tests/fixtures/README.md
 
 
 def model_dir(name):
-    return HERE_FIXTURES / "models" / name if name in OUR_MODELS else shared("fixtures", "models", name)
+    return fixture("models", name)
 
 
-@pytest.mark.parametrize("name", SHARED_MODELS + OUR_MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_logits_match_transformers(name):
     folder = model_dir(name)
     model = Transformer.from_pretrained(folder)
@@ -31,7 +30,7 @@ def test_logits_match_transformers(name):
 
 
 def test_stories260K_greedy_generation_is_exact():
-    folder = shared("fixtures", "models", "stories260K")
+    folder = fixture("models", "stories260K")
     model = Transformer.from_pretrained(folder)
     for case in json.loads((folder / "greedy.json").read_text()):
         out = model.generate(torch.tensor([case["prompt_ids"]]), len(case["new_ids"]))
@@ -40,7 +39,7 @@ def test_stories260K_greedy_generation_is_exact():
 
 @pytest.fixture(scope="module")
 def stories():
-    return Transformer.from_pretrained(shared("fixtures", "models", "stories260K"))
+    return Transformer.from_pretrained(fixture("models", "stories260K"))
 
 
 def naive_greedy(model, ids, n):
@@ -106,7 +105,7 @@ def test_sampling_top_k_1_is_greedy_and_seeded_sampling_repeats(stories):
 
 
 def test_bf16_weights_load_and_stay_close():
-    folder = shared("fixtures", "models", "stories260K")
+    folder = fixture("models", "stories260K")
     ids = torch.tensor(json.loads((folder / "input_ids.json").read_text()))
     reference = load_safetensors(folder / "reference.safetensors")["logits"]
     model = Transformer.from_pretrained(folder, dtype=torch.bfloat16)
@@ -122,7 +121,7 @@ def test_bf16_weights_load_and_stay_close():
 
 def copy_model(tmp_path, name="tiny-llama"):
     folder = tmp_path / name
-    shutil.copytree(shared("fixtures", "models", name), folder)
+    shutil.copytree(fixture("models", name), folder)
     return folder
 
 
@@ -219,7 +218,7 @@ def test_config_reads_both_rope_layouts_and_round_trips():
 
 
 def test_state_dict_keys_are_the_hugging_face_keys():
-    reference = load_safetensors(shared("fixtures", "models", "tiny-llama3", "model.safetensors"))
-    model = Transformer(Config.from_hf(json.loads(shared("fixtures", "models", "tiny-llama3", "config.json").read_text())))
+    reference = load_safetensors(fixture("models", "tiny-llama3", "model.safetensors"))
+    model = Transformer(Config.from_hf(json.loads(fixture("models", "tiny-llama3", "config.json").read_text())))
     assert set(model.state_dict()) == set(reference)  # tied: no lm_head.weight
     assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()

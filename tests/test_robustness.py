@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import HERE_FIXTURES, ROOT, shared
+from conftest import HERE_FIXTURES, ROOT, fixture
 
 import eval as evaluate
 import generate
@@ -42,13 +42,13 @@ def ctrl_c_is_a_keyboard_interrupt():
 
 @pytest.fixture(scope="module")
 def stories_dir():
-    return shared("fixtures", "models", "stories260K")
+    return fixture("models", "stories260K")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """48 training records of two tasks and 12 boolq test records, from the real sets."""
-    src, dst = shared("data", "commonsense"), tmp_path_factory.mktemp("data")
+    src, dst = fixture("commonsense"), tmp_path_factory.mktemp("data")
     for task, split, n in [("boolq", "train", 48), ("ARC-Easy", "train", 48), ("boolq", "test", 12)]:
         (dst / task).mkdir(exist_ok=True)
         (dst / task / f"{split}.json").write_text(json.dumps(json.loads((src / task / f"{split}.json").read_text())[:n]))
@@ -458,7 +458,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only expected bad input becomes one line: an exception elsewhere is not hidden."""
     monkeypatch.setattr(bench, "report", lambda *a: {}["bug"])
     with pytest.raises(KeyError):
-        cli.run(bench.main, ["--model", str(shared("fixtures", "models", "stories260K")), "--methods", "lora",
+        cli.run(bench.main, ["--model", str(fixture("models", "stories260K")), "--methods", "lora",
                              "--ranks", "1", "--rounds", "1", "--infer-rounds", "1", "--warmup", "0", "--no-memory"])
 
 

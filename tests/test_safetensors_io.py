@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import shared
+from conftest import fixture
 
 from support.safetensors_io import load_checkpoint_tensors, load_safetensors, save_safetensors
 
@@ -28,7 +28,7 @@ def test_safetensors_round_trip(tmp_path):
 
 def test_written_tensors_are_readable_by_the_reference_layout(tmp_path):
     """Our writer's bytes for a fixture checkpoint reproduce every tensor of the original file."""
-    original = load_safetensors(shared("fixtures", "models", "tiny-llama", "model.safetensors"))
+    original = load_safetensors(fixture("models", "tiny-llama", "model.safetensors"))
     save_safetensors(original, tmp_path / "copy.safetensors")
     copy = load_safetensors(tmp_path / "copy.safetensors")
     assert all(torch.equal(copy[k], original[k]) for k in original)
@@ -41,7 +41,7 @@ def test_written_tensors_are_readable_by_the_reference_layout(tmp_path):
     (lambda raw: (10 ** 9).to_bytes(8, "little") + raw[8:], "corrupt safetensors file"),
 ])
 def test_corrupt_safetensors_is_rejected_naming_the_file(tmp_path, damage, message):
-    raw = shared("fixtures", "models", "tiny-llama", "model.safetensors").read_bytes()
+    raw = fixture("models", "tiny-llama", "model.safetensors").read_bytes()
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(damage(raw))
     with pytest.raises(ValueError, match=message) as e:

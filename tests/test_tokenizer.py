@@ -1,8 +1,8 @@
 """tokenizer.py against Hugging Face `tokenizers`: every fixture case must give HF's ids and decoded text exactly.
 
-Fixtures: ../shared/fixtures/tokenizers (GPT-2, SmolLM2, Llama-2, stories260K vocabularies) and our own
-tests/fixtures/tokenizers (Llama-3 / Qwen2 / Metaspace styles and variants.jsonl, made by
-tests/fixtures/make_tokenizer_fixtures.py with `tokenizers` 0.23).
+Fixtures, all in tests/fixtures/tokenizers (see its README.md): the real GPT-2, SmolLM2 and stories260K
+vocabularies with HF's ids, and our own small ones in the Llama-3 / Qwen2 / Metaspace / Llama-2 styles and
+variants.jsonl, made by tests/fixtures/make_tokenizer_fixtures.py with `tokenizers` 0.23.
 """
 import copy
 import functools
@@ -14,7 +14,7 @@ import time
 import unicodedata
 
 import pytest
-from conftest import HERE_FIXTURES, shared
+from conftest import HERE_FIXTURES, fixture
 
 from tokenizer import WHITE_SPACE, Tokenizer, translate_regex
 
@@ -65,13 +65,12 @@ def write_spec(tmp_path, spec) -> str:
 # --- parity with HF on the fixtures ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt2", "smollm2", "llama2", "stories260K"])
-def test_shared_cases_match_hf(name):
-    folder = shared("fixtures", "tokenizers", name)
-    assert_cases(load(folder / "tokenizer.json"), read_cases(folder / "cases.jsonl"), name)
+@pytest.mark.parametrize("name", ["gpt2", "smollm2", "stories260K"])
+def test_real_vocabulary_cases_match_hf(name):
+    assert_cases(load(fixture("tokenizers", name, "tokenizer.json")), read_cases(OURS / name / "cases.jsonl"), name)
 
 
-@pytest.mark.parametrize("name", ["llama3-bpe", "qwen2-bpe", "metaspace-bpe"])
+@pytest.mark.parametrize("name", ["llama3-bpe", "qwen2-bpe", "metaspace-bpe", "llama2-bpe"])
 def test_generated_cases_match_hf(name):
     tok = load(OURS / name / "tokenizer.json")
     assert_cases(tok, read_cases(OURS / name / "cases.jsonl"), name)
@@ -87,7 +86,7 @@ def test_variant_cases_match_hf(variant, tmp_path):
 
 
 def test_stories260K_greedy_prompts_and_continuations():
-    folder = shared("fixtures", "models", "stories260K")
+    folder = fixture("models", "stories260K")
     tok = Tokenizer.from_file(folder / "tokenizer.json")
     for run in json.loads((folder / "greedy.json").read_text()):
         assert tok.encode(run["prompt"], bos=True) == run["prompt_ids"], run["prompt"]
@@ -98,22 +97,22 @@ def test_stories260K_greedy_prompts_and_continuations():
 
 
 @pytest.mark.parametrize("name, bos, eos, size", [("gpt2", 50256, 50256, 50257), ("smollm2", 1, 2, 49152),
-                                                   ("llama2", 1, 2, 32000), ("stories260K", 1, 2, 512)])
+                                                   ("llama2-bpe", 1, 2, 1404), ("stories260K", 1, 2, 512)])
 def test_bos_eos_by_convention(name, bos, eos, size):
-    tok = load(shared("fixtures", "tokenizers", name, "tokenizer.json"))
+    tok = load(fixture("tokenizers", name, "tokenizer.json"))
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (bos, eos, None, size)
     assert tok.encode("Hi there", bos=True, eos=True) == [bos, *tok.encode("Hi there"), eos]
 
 
-@pytest.mark.parametrize("name, adds_bos", [("llama2", True), ("stories260K", True), ("smollm2", False),
+@pytest.mark.parametrize("name, adds_bos", [("llama2-bpe", True), ("stories260K", True), ("smollm2", False),
                                              ("gpt2", False)])
 def test_add_bos_follows_the_post_processor(name, adds_bos):
     """Llama-2's TemplateProcessing puts <s> first (HF's add_special_tokens=True); byte-level ones add nothing."""
-    assert load(shared("fixtures", "tokenizers", name, "tokenizer.json")).add_bos is adds_bos
+    assert load(fixture("tokenizers", name, "tokenizer.json")).add_bos is adds_bos
 
 
 def test_add_bos_token_in_tokenizer_config_wins(tmp_path):
-    spec = json.loads(shared("fixtures", "tokenizers", "llama2", "tokenizer.json").read_text(encoding="utf-8"))
+    spec = json.loads((OURS / "llama2-bpe" / "tokenizer.json").read_text(encoding="utf-8"))
     path = write_spec(tmp_path, spec)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
     assert Tokenizer.from_file(path).add_bos is False
@@ -146,12 +145,17 @@ def test_qwen2_config_null_bos():
 
 
 def test_token_id_lookups_follow_hf():
-    tok = load(shared("fixtures", "tokenizers", "llama2", "tokenizer.json"))
-    assert tok.token_to_id("<s>") == 1 and tok.token_to_id("▁") == 29871 and tok.token_to_id("<0x0A>") == 13
-    assert tok.id_to_token(29871) == "▁" and tok.id_to_token(13) == "<0x0A>"
+    """Llama-2 style (normalized added tokens): HF's token_to_id and id_to_token, recorded in lookups.json."""
+    tok = load(OURS / "llama2-bpe" / "tokenizer.json")
+    lookups = json.loads((OURS / "llama2-bpe" / "lookups.json").read_text(encoding="utf-8"))
+    assert [tok.token_to_id(t) for t in lookups["token_to_id"]] == list(lookups["token_to_id"].values())
+    assert [tok.id_to_token(int(i)) for i in lookups["id_to_token"]] == list(lookups["id_to_token"].values())
+    assert tok.token_to_id("<s>") == 1 and tok.token_to_id("<0x0A>") == 13 and tok.token_to_id("not a token") is None
     assert tok.id_to_token(1) == "▁<s>"  # HF returns a normalized added token in normalized form
-    assert tok.token_to_id("not a token") is None and tok.id_to_token(32000) is None
-    assert tok.decode([1, 99999, 22172]) == "<s> hello"  # unknown ids are skipped, special tokens kept
+    assert tok.id_to_token(tok.vocab_size) is None
+    the = tok.token_to_id("▁the")
+    assert tok.decode([1, 99999, the]) == "<s> the"  # unknown ids are skipped, special tokens kept (HF's, in
+    # decode_cases.jsonl)
 
 
 # --- the algorithms on their own -------------------------------------------------------------------------------
@@ -190,7 +194,7 @@ def naive_bpe(ids, merges):
 
 def test_heap_merge_and_chunking_equal_naive_bpe():
     """stories260K has no pre-tokenizer, so encode() runs the heap merge on "▁"-chunks of the whole text."""
-    tok = load(shared("fixtures", "tokenizers", "stories260K", "tokenizer.json"))
+    tok = load(fixture("tokenizers", "stories260K", "tokenizer.json"))
     rng = random.Random(0)
     for _ in range(300):
         text = "".join(rng.choice("abdehilmnorstuwy ") for _ in range(rng.randint(1, 60)))
@@ -199,8 +203,9 @@ def test_heap_merge_and_chunking_equal_naive_bpe():
 
 
 def test_long_word_is_not_quadratic():
-    tok = load(shared("fixtures", "tokenizers", "llama2", "tokenizer.json"))
-    word = "".join(random.Random(1).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(30_000))
+    tok = load(OURS / "llama2-bpe" / "tokenizer.json")
+    rng = random.Random(1)
+    word = "".join(rng.choice("etaoinshr") for _ in range(30_000))  # frequent letters: ~10,000 merges
     start = time.perf_counter()
     ids = tok.encode(word)  # one 30,000-char BPE word: a quadratic merge loop takes minutes
     assert time.perf_counter() - start < 5 and tok.decode(ids) == word and len(ids) < len(word)

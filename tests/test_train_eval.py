@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import HERE_FIXTURES, shared
+from conftest import HERE_FIXTURES, fixture
 
 import eval as evaluate
 import train
@@ -19,7 +19,7 @@ SPEC_PROMPT = ("Below is an instruction that describes a task. Write a response 
 
 @pytest.fixture(scope="module")
 def stories_dir():
-    return shared("fixtures", "models", "stories260K")
+    return fixture("models", "stories260K")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def tokenizer(stories_dir):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """A small copy of the real sets: 48 training records from each of two tasks, 12 test records of three."""
-    src, dst = shared("data", "commonsense"), tmp_path_factory.mktemp("data")
+    src, dst = fixture("commonsense"), tmp_path_factory.mktemp("data")
     for task, split, n in [("boolq", "train", 48), ("ARC-Easy", "train", 48), ("boolq", "test", 12),
                            ("ARC-Easy", "test", 12), ("winogrande", "test", 12)]:
         (dst / task).mkdir(exist_ok=True)
@@ -48,7 +48,7 @@ def test_prompt_is_exactly_the_spec_template():
 
 
 def test_masking_puts_the_loss_on_the_response_and_end_token_only(tokenizer):
-    record = json.loads(shared("data", "commonsense", "boolq", "train.json").read_text())[0]
+    record = json.loads(fixture("commonsense", "boolq", "train.json").read_text())[0]
     ids, labels = commonsense.encode_example(tokenizer, record, bos=True, target_cutoff=64)  # stories260K's
     text = commonsense.prompt(record) + record["output"]  # 512-token vocabulary spells the output in ~20 tokens
     assert ids == tokenizer.encode(text, bos=True) + [tokenizer.eos_id]
@@ -85,11 +85,12 @@ def test_answer_extraction(task, text, expected):
 
 
 def test_candidates_come_from_the_answer_format_line():
-    arc = json.loads(shared("data", "commonsense", "ARC-Challenge", "test.json").read_text())
+    # the sample holds ARC-Challenge's first test records and the first with 3 and with 5 choices
+    arc = json.loads(fixture("commonsense", "ARC-Challenge", "test.json").read_text())
     sizes = {len(commonsense.candidates("ARC-Challenge", r)) for r in arc}
     assert 4 in sizes and sizes <= {3, 4, 5}
     assert all(commonsense.gold_answer("ARC-Challenge", r) in commonsense.candidates("ARC-Challenge", r) for r in arc)
-    winogrande = json.loads(shared("data", "commonsense", "winogrande", "test.json").read_text())[0]
+    winogrande = json.loads(fixture("commonsense", "winogrande", "test.json").read_text())[0]
     assert commonsense.candidates("winogrande", winogrande) == ["option1", "option2"]
 
 
@@ -386,7 +387,7 @@ def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path
 
 @pytest.mark.parametrize("method", ["lora", "hira", "dora"])
 def test_peft_saved_adapters_load_and_give_peft_logits(method):
-    base = shared("fixtures", "models", "tiny-llama")
+    base = fixture("models", "tiny-llama")
     model = Transformer.from_pretrained(base)
     s = adapters.load_adapter(model, HERE_FIXTURES / "peft" / method)
     assert s["method"] == method and s["rank"] == 4
@@ -398,7 +399,7 @@ def test_peft_saved_adapters_load_and_give_peft_logits(method):
 
 @pytest.mark.parametrize("method", ["lora", "hira", "dora"])
 def test_our_adapter_files_have_peft_keys_shapes_and_fields(tmp_path, method):
-    base = shared("fixtures", "models", "tiny-llama")
+    base = fixture("models", "tiny-llama")
     peft_dir = HERE_FIXTURES / "peft" / method
     theirs_config = json.loads((peft_dir / "adapter_config.json").read_text())
     model = Transformer.from_pretrained(base)
@@ -418,18 +419,18 @@ def test_adapter_that_does_not_fit_the_model_is_named(tmp_path):
     shutil.copytree(HERE_FIXTURES / "peft" / "lora", tmp_path / "lora")
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
-    model = Transformer.from_pretrained(shared("fixtures", "models", "tiny-llama"))
+    model = Transformer.from_pretrained(fixture("models", "tiny-llama"))
     with pytest.raises(ValueError, match=r"lora_A.weight' has shape \(4, 64\), the model needs \(8, 64\)"):
         adapters.load_adapter(model, tmp_path / "lora")
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
     with pytest.raises(ValueError, match="peft_type 'LOHA' is not one of"):
-        adapters.load_adapter(Transformer.from_pretrained(shared("fixtures", "models", "tiny-llama")), tmp_path / "lora")
+        adapters.load_adapter(Transformer.from_pretrained(fixture("models", "tiny-llama")), tmp_path / "lora")
 
 
 def test_dora_gradients_are_pefts():
     """The gradient of every A, B and m, against what PEFT computed for the same adapter and loss (training
     mode, dropout 0: the next-token cross-entropy on input_ids; tests/fixtures/make_peft_fixtures.py)."""
-    base = shared("fixtures", "models", "tiny-llama")
+    base = fixture("models", "tiny-llama")
     model = Transformer.from_pretrained(base)
     adapters.load_adapter(model, HERE_FIXTURES / "peft" / "dora")
     ids = torch.tensor(json.loads((base / "input_ids.json").read_text()))
@@ -447,7 +448,7 @@ def test_dora_gradients_are_pefts():
 
 @pytest.mark.parametrize("method, extra", [("dora", {}), ("loran", {"amplitude": 2e-3, "omega": 300.0})])
 def test_dora_and_loran_files_round_trip(tmp_path, method, extra):
-    base = shared("fixtures", "models", "tiny-llama")
+    base = fixture("models", "tiny-llama")
     model = Transformer.from_pretrained(base)
     s = adapters.settings(method, 4, alpha=8, dropout=0.1, **extra)
     adapters.inject(model, s)
