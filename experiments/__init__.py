@@ -8,4 +8,5 @@
     plot.py            the project's own SVG line plot; `python -m experiments.plot LOG... --key loss`
     dora_magnitude.py  how much of a trained DoRA ΔW is the magnitude's rescaling of W0's rows
     dora_vs_peft.py, peft_roundtrip.py   checks against Hugging Face PEFT (need peft; not tests)
+    relative_paths.py  rewrote the machine paths in results/ to repository-relative ones (run once)
 """
