@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 import pera
 from model import Transformer
-from support import adapters, cli, commonsense
+from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
-from train import check_vocabulary, setup_distributed
+from train import check_vocabulary
 
 
 def parse_args(argv=None):
@@ -66,11 +66,14 @@ def load(args):
         except (ValueError, AttributeError) as e:  # not JSON, or not an object
             raise ValueError(f"{config_file}: not a JSON adapter config ({e})") from None
         base = base or trained_on
-    base = Path(base or "checkpoints/SmolLM2-135M-Instruct")
-    args.model = str(base)  # recorded in results.json
+    # recorded in results.json as given; a relative path (given, or named by the adapter) is read from here
+    args.model = str(base or "checkpoints/SmolLM2-135M-Instruct")
+    base = Path(args.model)
     if not (base / "tokenizer.json").is_file():
-        named = f" (the base model {Path(args.adapter) / 'adapter_config.json'} names)" if str(base) == trained_on else ""
-        sys.exit(f"error: {base}{named}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
+        named = (f" (the base model {Path(args.adapter) / 'adapter_config.json'} names)" if args.model == trained_on
+                 else "")
+        what = "no tokenizer.json" if base.is_dir() else "no such folder"
+        sys.exit(f"error: {args.model}{named}: {what} (run `python prepare.py`, or pass --model DIR)")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Transformer.from_pretrained(base, dtype=dtype, device=device)
@@ -285,7 +288,7 @@ def main(argv=None):
                 data[t] = commonsense.load_records(Path(args.data) / t / "test.json")[:args.limit]
                 commonsense.check_gold(t, data[t], Path(args.data) / t / "test.json")
     # under torchrun every process answers every world-th example of each task and the first writes them all
-    rank, world, device = setup_distributed(torch.device(args.device))
+    rank, world, device = safety.setup_distributed(torch.device(args.device))
     args.device = str(device)
     with cli.user_input():  # a corrupt model, tokenizer or adapter file; an adapter of another base model
         model, tokenizer, settings = load(args)

@@ -42,6 +42,7 @@ def parse_args(argv=None):
 def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     """Write the merged model folder `out` atomically; return what was done. Bad input raises ValueError
     or FileNotFoundError naming the culprit, and then nothing is written."""
+    given = {"adapter": str(adapter), "base_model": str(model_dir)}  # for merged_from.json, as the user gave them
     adapter, model_dir, out = Path(adapter), Path(model_dir), Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another --out or remove it")
@@ -52,9 +53,9 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     same = len(set(stored.values()) | set(out_dtype.values())) == 1
     work_dtype = next(iter(stored.values())) if same else torch.float32
     model = Transformer.from_pretrained(model_dir, dtype=work_dtype)
-    s = adapters.load_adapter(model, adapter)
-    n_layers = len(adapters.adapter_layers(model, s["method"]))
-    adapters.merge(model, s["method"])
+    spec = adapters.load_adapter(model, adapter)
+    n_layers = len(adapters.adapter_layers(model, spec["method"]))
+    adapters.merge(model, spec["method"])
     tensors = {k: t.to(out_dtype.get(k, dtype or t.dtype)) for k, t in model.state_dict().items()}
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -74,7 +75,7 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
         for name in copied:
             shutil.copyfile(model_dir / name, tmp / name)
         # provenance; deliberately not adapter_config.json, which transformers would take for an adapter to load
-        info = {"adapter": str(adapter), "base_model": str(model_dir), "settings": s, "merged_layers": n_layers,
+        info = {**given, "settings": spec, "merged_layers": n_layers,
                 "dtype": HF_DTYPE_NAMES[dtype] if dtype else "as stored"}
         adapters.write_json(tmp / "merged_from.json", info)
         os.replace(tmp, out)
@@ -95,11 +96,13 @@ def main(argv=None):
         sys.exit(f"error: {config_file}: not a JSON adapter config ({e})")
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")
+    if not args.model and not Path(base).is_dir():  # a relative path is read from the current directory
+        sys.exit(f"error: {base} (the base model {config_file} names): no such folder; pass --model DIR")
     start = time.time()
     with cli.user_input():  # a corrupt or mismatched file; an --out that exists or cannot be written
         info = merge_folder(adapter, base, args.out, DTYPES.get(args.dtype))
-    s = info["settings"]
-    print(f"merged {s['method']} r={s['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
+    spec = info["settings"]
+    print(f"merged {spec['method']} r={spec['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
           f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
           + "".join(f", {name}" for name in info["copied_files"]) + f") in {time.time() - start:.1f} s")
     return info

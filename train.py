@@ -2,11 +2,12 @@
 
     python train.py --method pera --rank 4
 
-The recipe is the papers' (SPEC.md, "Commonsense reasoning protocol"): the LLM-Adapters prompt with the
-loss on the response, 120 held-out validation examples, AdamW with warm-up then linear decay, batch 16,
-targets q, k, v, up, down. Writes to --out: the best adapter by validation loss in PEFT's layout
-(adapter_model.safetensors + adapter_config.json), args.json, log.jsonl (one line per step),
-metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly.
+The recipe is LLM-Adapters' commonsense setup as the HiRA paper (§5.2) and the PERA paper use it: the
+LLM-Adapters prompt with the loss on the response, 120 held-out validation examples, AdamW with warm-up
+then linear decay, batch 16, targets q, k, v, up, down. Writes to --out: the best adapter by validation
+loss in PEFT's layout (adapter_model.safetensors + adapter_config.json), args.json, log.jsonl (one line
+per step), metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly
+(support/safety.py: the lock, held Ctrl-C, the state, the resume checks).
 For PERA, every --pera-log-every steps a log record also carries how much the polynomial terms carry:
 poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), h_max (max |h|) and h_grad_norm
 (‖∂L/∂h‖ before clipping); --init and --h-lr-ratio are the knobs of the PERA study (README).
@@ -15,17 +16,13 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
-import re
-import signal
-import socket
 import statistics
 import sys
-import threading
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,7 +32,7 @@ from tqdm import tqdm
 
 import pera
 from model import Transformer
-from support import adapters, cli, commonsense
+from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
 
 # The papers' values; HiRA needs ~10x LoRA's. DoRA: 1e-4 as its authors' commonsense runs on LLaMA-7B (r = 32)
@@ -45,13 +42,6 @@ DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1
 # The HiRA authors' code applies no dropout; DoRA's commonsense runs use LLM-Adapters' 0.05; LoRAN's
 # released run (20-Newsgroups, Llama-2-7B) 0.2.
 DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2}
-# Arguments that define a run: --resume refuses to continue a run with different ones.
-RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "amplitude", "omega",
-                "targets", "lr",
-                "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
-                "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio", "train_file", "precision")
-RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0, "amplitude": 5e-4, "omega": 1e3}  # what a run saved before
-# these arguments existed used
 TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight tasks' training data, as the papers use
 
 
@@ -133,7 +123,7 @@ def parse_args(argv=None):
         problems.append("--lr and --epochs must be positive, --val-size and --warmup-steps not negative")
     if args.h_lr_ratio <= 0 or args.pera_log_every < 1:
         problems.append("--h-lr-ratio and --pera-log-every must be positive")
-    if args.method != "pera" and (args.init, args.h_lr_ratio) != (RUN_DEFAULTS["init"], RUN_DEFAULTS["h_lr_ratio"]):
+    if args.method != "pera" and (args.init, args.h_lr_ratio) != ("code", 1.0):
         problems.append(f"--init and --h-lr-ratio are PERA's (h is PERA's coefficient vector), not {args.method}'s")
     if problems:
         p.error("; ".join(problems))
@@ -242,49 +232,7 @@ def lr_at(step, args, total_steps):
 
 
 # -----------------------------------------------------------------------------
-# Resumable state: everything the next step depends on, written atomically.
-
-def save_state(path, step, model, optimizer, rng, best, history, clock, rng_ranks=None):
-    """clock: {"seconds", "tokens"} of training so far, all sessions together (for metrics.json)."""
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state = {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng,
-             "best": best, "history": history, "clock": clock}
-    if rng_ranks is not None:  # a run of several processes: each one's RNG state, in rank order
-        state["rng_ranks"] = rng_ranks
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def load_state(path, model, device):
-    """The saved state, checked against the model; a file that is not one is an error naming it."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # a truncated zip, a pickle of something else: whatever torch.load makes of it
-        raise ValueError(f"{path}: not a readable train.py state ({type(e).__name__}: {e}); delete the folder "
-                         f"and start again, or choose another --out") from None
-    keys = {"step", "trainable", "optimizer", "rng", "best", "history"}
-    if not isinstance(state, dict) or not keys <= set(state):
-        raise ValueError(f"{path}: not a train.py state (expected the keys {', '.join(sorted(keys))})")
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
-    if shapes != {n: tuple(p.shape) for n, p in params.items()}:
-        raise ValueError(f"{path}: its adapter tensors do not fit this model and method")
-    return state
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
+# AdamW's groups, and PERA's log record.
 
 def optimizer_groups(model, args):
     """AdamW's parameter groups: PERA's h gets its own, at h_lr_ratio × the schedule's lr (its "lr_ratio")."""
@@ -309,127 +257,40 @@ def pera_record(layers):
             "h_max": max(layer.h.abs().max().item() for layer in layers)}
 
 
-def on_step(step, record):
-    """Called after every optimizer step with its log record (a seam for tests and extensions)."""
+# -----------------------------------------------------------------------------
+# The run: setup, the loop, the summary.
 
+@dataclass
+class Run:
+    """What setup() builds for the loop, and where the run stands when it starts (after a resume: the saved step)."""
+    model: Transformer
+    step_model: nn.Module  # LossOf(model); with several processes wrapped in DDP, which averages the gradients
+    optimizer: torch.optim.Optimizer
+    spec: dict  # adapters.settings(...): the adapter's hyperparameters, saved in adapter_config.json
+    autocast: Callable  # bf16 autocast (--precision bf16), else a no-op
+    pera_layers: list  # PERA's layers, for the log record of the polynomial terms (other methods: none)
+    tasks: list
+    train_set: list  # (ids, labels) per example
+    val_set: list
+    pad_id: int
+    steps_per_epoch: int
+    total_steps: int
+    rank: int  # this process, of world; only rank 0 prints and writes files
+    world: int
+    share: int  # examples of each batch that this process takes
+    micro: int  # examples per forward pass
+    device: torch.device
+    out: Path
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"val_loss": math.inf, "step": None})
+    history: list = field(default_factory=list)  # the log records so far
+    clock: dict = field(default_factory=lambda: {"seconds": 0.0, "tokens": 0})  # of all sessions before this one
 
-def setup_distributed(device):
-    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one
-    process and nothing is set up. Several processes: one per GPU (nccl), or CPU processes (gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
-
-
-def gather_rng(world):
-    """Every process's RNG state (for dropout masks), in rank order; one process: its own only."""
-    if world == 1:
-        return None
-    states = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return states
-
-
-class HeldInterrupt:
-    """Ctrl-C between hold() and release() waits for release(), which raises it then.
-
-    A step is one unit: its update, validation, best adapter, log line and state. An interrupt inside
-    it would save a state that has the step's update but not its record (or its adapter); held to the
-    step's end, it saves a state that a resumed run continues exactly. A second Ctrl-C does not wait:
-    the step is abandoned (`abandoned`), and the state saved before it is the one to resume from.
-    """
-
-    def __init__(self):
-        self.pending, self.abandoned, self.previous = False, False, None
-
-    def hold(self):
-        # only the main thread can set a handler; a SIGINT ignored (nohup, a background job) stays ignored
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
-            self.previous = signal.signal(signal.SIGINT, self._note) or signal.default_int_handler
-
-    def _note(self, signum, frame):
-        if self.pending:
-            self.abandoned = True
-            raise KeyboardInterrupt
-        self.pending = True
-        tqdm.write("interrupt: finishing this step, then saving the state (Ctrl-C again: stop now, without it)")
-
-    def release(self, raise_pending=True):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-        if self.pending and raise_pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-
-TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
-
-
-@contextmanager
-def folder_lock(out):
-    """Hold out/.lock (created with O_EXCL, holding our pid and host) while training into out.
-
-    A second train.py on the same folder is refused; a lock whose process is gone (killed) is stale and
-    taken over. Once it is ours no one else writes in out, so temporary files left there are a killed
-    run's: they are removed.
-    """
-    lock = out / ".lock"
-    if int(os.environ.get("RANK", "0")) > 0:  # a torchrun job's other processes: the first one holds the lock
-        yield
-        return
-    with cli.user_input():
-        out.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                holder = read_lock(lock)
-                if holder is not None and alive(*holder):
-                    sys.exit(f"error: {out} is in use by another train.py (pid {holder[0]} on host {holder[1]}); wait "
-                             f"for it to end or choose another --out (if no such run exists, delete {lock})")
-                lock.unlink(missing_ok=True)  # stale; a race with another run taking it over is left to O_EXCL
-        else:
-            sys.exit(f"error: {out}: could not take {lock}")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        for folder in (out, out / "checkpoint"):
-            for leftover in folder.glob("*tmp*") if folder.is_dir() else []:
-                if TEMPORARY.fullmatch(leftover.name):
-                    leftover.unlink()
-    try:
-        yield
-    finally:
-        if read_lock(lock) == (os.getpid(), socket.gethostname()):
-            lock.unlink()
-
-
-def read_lock(lock):
-    """(pid, host) of a lock file, or None when it is absent or unreadable (killed before writing it)."""
-    try:
-        holder = json.loads(lock.read_text())
-        return int(holder["pid"]), str(holder["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def alive(pid, host):
-    """Whether the process holding a lock still runs; one on another host is assumed to."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return True
+    def __post_init__(self):
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.lengths = [len(ids) for ids, _ in self.train_set]
+        self.n_scored = [sum(y != -100 for y in labels[1:]) for _, labels in self.train_set]  # loss positions
+        self.state_file = self.out / safety.STATE_FILE
 
 
 def check_vocabulary(tokenizer, model, model_dir):
@@ -440,53 +301,16 @@ def check_vocabulary(tokenizer, model, model_dir):
                          f"and the model do not belong together")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with folder_lock(Path(args.out)):
-        return run_training(args)
-
-
-def same_argument(key, saved, given):
-    """Paths are the same when they name the same folder ("data/" is "./data")."""
-    if key in ("model", "data") and isinstance(saved, str) and isinstance(given, str):
-        return Path(saved).resolve() == Path(given).resolve()
-    return saved == given
-
-
-def run_training(args):
-    out = Path(args.out)
-    state_file = out / "checkpoint" / "state.pt"
-    if args.resume:
-        if not state_file.is_file():
-            what = ("start it without --resume" if not (out / "adapter_model.safetensors").is_file() else
-                    f"it holds an adapter but no state to continue from: delete {out} to start again, or choose "
-                    f"another --out")
-            sys.exit(f"error: --resume: no saved run in {out} ({state_file} not found); {what}")
-        with cli.user_input(out / "args.json"):
-            saved = json.loads((out / "args.json").read_text())
-            if not isinstance(saved, dict):
-                raise ValueError("not a JSON object of train.py's arguments")
-        saved.setdefault("precision", args.precision)  # runs saved before --precision existed used the default
-        changed = [k for k in RUN_DEFINING if not same_argument(k, saved.get(k, RUN_DEFAULTS.get(k)), getattr(args, k))]
-        if changed:
-            sys.exit(f"error: --resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
-                     f"saved run in {out}; resume with the same arguments")
-    elif state_file.is_file():
-        sys.exit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out")
-    elif (out / "adapter_model.safetensors").is_file():  # an older train.py's folder, or its checkpoint deleted
-        sys.exit(f"error: {out} holds an adapter but no {state_file} to continue from; delete {out} to start "
-                 f"again, or choose another --out")
-
+def setup(args):
+    """The model with its adapter, the data, AdamW and, with --resume, the saved state: the Run to train."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    rank, world, device = setup_distributed(torch.device(args.device))
-    main_process = rank == 0  # only it prints, shows the progress bar and writes files
-    say = print if main_process else (lambda *a, **k: None)
+    rank, world, device = safety.setup_distributed(torch.device(args.device))
+    say = print if rank == 0 else (lambda *a, **k: None)
     if args.batch_size % world or (args.batch_size // world) % min(args.micro_batch_size, args.batch_size // world):
         sys.exit(f"error: --batch-size ({args.batch_size}) must split into {world} equal shares, each a multiple of "
                  f"--micro-batch-size ({args.micro_batch_size})")
     share = args.batch_size // world  # examples of each global batch that this process takes
-    micro = min(args.micro_batch_size, share)
     bf16 = args.precision == "bf16"
     model_dir = Path(args.model)
     if not (model_dir / "tokenizer.json").is_file():
@@ -497,12 +321,11 @@ def run_training(args):
         model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
         model.grad_checkpoint = args.grad_checkpoint
         check_vocabulary(tokenizer, model, model_dir)
-        s = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                              args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega)
-        adapters.inject(model, s)
+        spec = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
+                                 args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega)
+        adapters.inject(model, spec)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    n_trainable, n_total = parameter_counts(model)
     say(f"{args.method} r={args.rank}: trainable params {n_trainable:,} of {n_total:,} "
         f"({100 * n_trainable / n_total:.4f}%)")
     # Several processes: DDP averages the adapter's gradients over them after each global batch. Every process
@@ -513,158 +336,163 @@ def run_training(args):
         torch.manual_seed(args.seed * 1000 + rank)  # each process its own dropout masks
         say(f"{world} processes ({dist.get_backend()}), {share} examples of each batch of {args.batch_size} each")
 
-    bos = tokenizer.add_bos
     say(f"training data: {args.train_file}" if args.train_file else
         f"training data: the per-task train sets in {args.data} (no {TRAIN_MIX} there)")
-    tasks, train_set, val_set = load_examples(args, tokenizer, bos, quiet=not main_process)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    tasks, train_set, val_set = load_examples(args, tokenizer, tokenizer.add_bos, quiet=rank != 0)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
     say(f"tasks {', '.join(tasks)}: {len(train_set):,} training / {len(val_set)} validation examples; "
         f"{total_steps:,} steps of {args.batch_size} ({total_steps / steps_per_epoch:.2f} epochs)")
     warmup = warmup_steps(args.warmup_steps, total_steps)
     say(f"warm-up: {warmup} step(s) to lr {args.lr:g}, then linear decay to 0"
-          + (f" (--warmup-steps {args.warmup_steps} capped at a tenth of this {total_steps}-step run)"
-             if warmup < args.warmup_steps else ""))
+        + (f" (--warmup-steps {args.warmup_steps} capped at a tenth of this {total_steps}-step run)"
+           if warmup < args.warmup_steps else ""))
 
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args), lr=args.lr, weight_decay=args.weight_decay)
-    pera_layers = list(adapters.adapter_layers(model, "pera").values()) if args.method == "pera" else []
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-    step, best, history = 0, {"val_loss": math.inf, "step": None}, []
-    clock = {"seconds": 0.0, "tokens": 0}  # of all sessions before this one
+    run = Run(model=model, step_model=step_model, spec=spec,
+              optimizer=torch.optim.AdamW(optimizer_groups(model, args), lr=args.lr, weight_decay=args.weight_decay),
+              autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+              pera_layers=list(adapters.adapter_layers(model, "pera").values()) if args.method == "pera" else [],
+              tasks=tasks, train_set=train_set, val_set=val_set,
+              pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0),
+              steps_per_epoch=steps_per_epoch, total_steps=total_steps, rank=rank, world=world, share=share,
+              micro=min(args.micro_batch_size, share), device=device, out=Path(args.out))
     if args.resume:
-        with cli.user_input():
-            state = load_state(state_file, model, device)
-        params = dict(model.named_parameters())
-        for n, t in state["trainable"].items():
-            params[n].data.copy_(t)
-        optimizer.load_state_dict(state["optimizer"])
-        # a run resumed with as many processes continues every process's dropout masks; otherwise the first
-        # process continues the saved first one's and the others start afresh (exact when dropout is 0)
-        ranks = state.get("rng_ranks")
-        set_rng_state(ranks[rank] if ranks and len(ranks) == world else state["rng"] if rank == 0 else rng_state())
-        step, best, history = state["step"], state["best"], state["history"]
-        clock = state.get("clock", clock)
-        if main_process:
-            (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))  # drop later steps
-        say(f"resuming {out} at step {step}")
-    elif main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        adapters.write_json(out / "args.json", vars(args))
-        (out / "log.jsonl").write_text("")
+        run.step, run.best, run.history, run.clock = safety.resume(run.state_file, model, run.optimizer, device,
+                                                                   rank, world)
+        if rank == 0:
+            (run.out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.history))  # drop later steps
+        say(f"resuming {run.out} at step {run.step}")
+    elif rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        adapters.write_json(run.out / "args.json", vars(args))
+        (run.out / "log.jsonl").write_text("")
         # A state from the start: from now on the folder always holds one, so a run killed at any moment
         # (even after its first adapter but before its first --save-every) can be resumed.
-        save_state(state_file, 0, model, optimizer, rng_state(), best, history, clock)
-    saved_step = step
+        safety.save_state(run.state_file, 0, model, run.optimizer, safety.rng_state(), run.best, run.history, run.clock)
+    return run
 
-    lengths = [len(ids) for ids, _ in train_set]
-    n_scored = [sum(y != -100 for y in labels[1:]) for _, labels in train_set]  # loss positions per example
-    bar = tqdm(total=total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True,
-               disable=not main_process)
-    planned = None, None  # (epoch, its batches): each epoch is planned once
+
+def forward_backward(run, batch):
+    """Forward and backward over this process's share of the batch, in micro-batches; the gradients and the
+    returned loss are the whole batch's mean over its labelled tokens (all processes)."""
+    n_labels = sum(run.n_scored[i] for i in batch)  # the global batch's, so the loss is its mean over tokens
+    mine = [run.train_set[i] for i in batch[run.rank * run.share:(run.rank + 1) * run.share]]
+    total_loss = torch.zeros((), dtype=torch.float64, device=run.device)  # summed on the device: one sync a step
+    for i in range(0, run.share, run.micro):
+        part = mine[i:i + run.micro]
+        if not part and run.world == 1:
+            break
+        # every process runs as many micro-batches (DDP syncs on the last); one that has run out of
+        # examples (an epoch's last, short batch) runs a stand-in whose loss counts zero
+        ids, labels = collate(part or [run.train_set[batch[0]]], run.pad_id, run.device)
+        sync = run.world == 1 or i + run.micro >= run.share
+        with contextlib.nullcontext() if sync else run.step_model.no_sync():
+            with run.autocast():
+                loss, _ = run.step_model(ids, labels)
+            loss = loss if part else loss * 0
+            (loss * run.world / n_labels).backward()  # DDP averages over processes; the loss is their sum
+        total_loss += loss.detach()
+    if run.world > 1:
+        dist.all_reduce(total_loss)
+    return total_loss.item() / n_labels
+
+
+def on_step(step, record):
+    """Called after every optimizer step with its log record (a seam for tests and extensions)."""
+
+
+def train_loop(args, run):
+    """The recipe, one optimizer step at a time: batch, forward, loss, backward, clip, step, schedule, log,
+    validate, keep the best adapter, save the state. Ctrl-C waits for the step's end; a non-finite loss or
+    gradient stops the run before its update (support/safety.py). Returns (step, best, history, clock, seconds)."""
+    step, best, history = run.step, run.best, run.history
+    saved_step, planned = step, (None, None)  # planned: (epoch, its batches), each epoch planned once
+    bar = tqdm(total=run.total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True,
+               disable=run.rank != 0)
     start_time, tokens_seen, start_step = time.time(), 0, step
-    rng_at_step, held = rng_state(), HeldInterrupt()
-    clock_now = lambda: {"seconds": clock["seconds"] + time.time() - start_time,  # noqa: E731
-                         "tokens": clock["tokens"] + tokens_seen}
+    rng_at_step, held = safety.rng_state(), safety.HeldInterrupt()
+    clock_now = lambda: {"seconds": run.clock["seconds"] + time.time() - start_time,  # noqa: E731
+                         "tokens": run.clock["tokens"] + tokens_seen}
     try:
-        while step < total_steps:
-            epoch, index = divmod(step, steps_per_epoch)
+        while step < run.total_steps:
+            epoch, index = divmod(step, run.steps_per_epoch)
             if planned[0] != epoch:
-                planned = epoch, epoch_batches(lengths, args.batch_size, args.seed, epoch)
+                planned = epoch, epoch_batches(run.lengths, args.batch_size, args.seed, epoch)
             batch = planned[1][index]
-            lr = lr_at(step, args, total_steps)
-            for group in optimizer.param_groups:
+            lr = lr_at(step, args, run.total_steps)
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_ratio", 1.0)
-            n_labels = sum(n_scored[i] for i in batch)  # the global batch's, so the loss is its mean over tokens
-            mine = [train_set[i] for i in batch[rank * share:(rank + 1) * share]]
-            total_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync a step
-            for i in range(0, share, micro):
-                part = mine[i:i + micro]
-                if not part and world == 1:
-                    break
-                # every process runs as many micro-batches (DDP syncs on the last); one that has run out of
-                # examples (an epoch's last, short batch) runs a stand-in whose loss counts zero
-                ids, labels = collate(part or [train_set[batch[0]]], pad_id, device)
-                sync = world == 1 or i + micro >= share
-                with contextlib.nullcontext() if sync else step_model.no_sync():
-                    with autocast():
-                        loss, _ = step_model(ids, labels)
-                    loss = loss if part else loss * 0
-                    (loss * world / n_labels).backward()  # DDP averages over processes; the loss is their sum
-                total_loss += loss.detach()
-            if world > 1:
-                dist.all_reduce(total_loss)
-            tokens_seen += sum(lengths[i] for i in batch)  # real tokens, not padding
-            train_loss = total_loss.item() / n_labels
+            train_loss = forward_backward(run, batch)
+            tokens_seen += sum(run.lengths[i] for i in batch)  # real tokens, not padding
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"loss is {train_loss} at step {step + 1}")
-            log_pera = bool(pera_layers) and ((step + 1) % args.pera_log_every == 0 or step + 1 == total_steps)
-            h_grad = h_grad_norm(pera_layers) if log_pera else None
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip or math.inf).item()
+            log_pera = bool(run.pera_layers) and ((step + 1) % args.pera_log_every == 0 or step + 1 == run.total_steps)
+            h_grad = h_grad_norm(run.pera_layers) if log_pera else None
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, args.grad_clip or math.inf).item()
             if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
-            held.hold()  # from the update to the step's saved state, Ctrl-C waits (HeldInterrupt)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            held.hold()  # from the update to the step's saved state, Ctrl-C waits
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
             step += 1
-            rng_at_step = rng_state()  # saved with the state, so a resumed run draws the same dropout masks
+            rng_at_step = safety.rng_state()  # saved with the state, so a resumed run draws the same dropout masks
             record = {"step": step, "loss": round(train_loss, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
                       "time": round(time.time() - start_time, 2)}
             if log_pera:
-                record.update(pera_record(pera_layers), h_grad_norm=h_grad)
-            if step % args.eval_every == 0 or step == total_steps:
-                if val_set:
-                    record["val_loss"] = round(validation_loss(model, val_set, micro, pad_id, device, autocast,
-                                                               rank, world), 5)
+                record.update(pera_record(run.pera_layers), h_grad_norm=h_grad)
+            if step % args.eval_every == 0 or step == run.total_steps:
+                if run.val_set:
+                    record["val_loss"] = round(validation_loss(run.model, run.val_set, run.micro, run.pad_id,
+                                                               run.device, run.autocast, run.rank, run.world), 5)
                 # the adapter kept is the best by validation loss (the latest, with no validation set)
-                if not val_set or record["val_loss"] < best["val_loss"]:
+                if not run.val_set or record["val_loss"] < best["val_loss"]:
                     best = {"val_loss": record.get("val_loss", math.nan), "step": step}
-                    if main_process:
-                        adapters.save_adapter(model, out, s, base_model=str(model_dir.resolve()))
-                if main_process:
+                    if run.rank == 0:
+                        adapters.save_adapter(run.model, run.out, run.spec, base_model=args.model)
+                if run.rank == 0:
                     tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss "
                                f"{record.get('val_loss', math.nan):.4f}" + (" (best)" if best["step"] == step else ""))
             history.append(record)
-            if main_process:
-                with open(out / "log.jsonl", "a") as f:
+            if run.rank == 0:
+                with open(run.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-            elapsed = time.time() - start_time
-            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
+                            tok_s=f"{tokens_seen / max(time.time() - start_time, 1e-9):.0f}")
             bar.update(1)
             on_step(step, record)
-            if step % args.save_every == 0 or step == total_steps:
-                rng_ranks = gather_rng(world)
-                if main_process:
-                    save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now(), rng_ranks)
+            if step % args.save_every == 0 or step == run.total_steps:
+                rng_ranks = safety.gather_rng(run.world)
+                if run.rank == 0:
+                    safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
+                                      clock_now(), rng_ranks)
                 saved_step = step
             held.release()  # a Ctrl-C held during the step is raised here, after its state
     except KeyboardInterrupt:
         held.release(raise_pending=False)
         bar.close()
-        if world > 1:  # the other processes' RNG states cannot be gathered now; the last saved state stands
-            sys.exit(f"\ninterrupted after step {step}; the state saved last in {state_file} (step {saved_step}) "
-                     f"is kept. Continue with the same arguments plus --resume.")
-        if held.abandoned:
-            sys.exit(f"\ninterrupted twice: stopped inside step {step}, without saving it; the state after step "
-                     f"{saved_step} in {state_file} is kept. Continue with the same arguments plus --resume.")
-        save_state(state_file, step, model, optimizer, rng_at_step, best, history, clock_now())
-        sys.exit(f"\ninterrupted after step {step}; state saved in {state_file}. Continue with the same "
-                 f"arguments plus --resume.")
+        if run.world == 1 and not held.abandoned:  # several processes: the others' RNG cannot be gathered now
+            safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history, clock_now())
+        safety.exit_interrupted(step, saved_step, run.state_file, run.world, held.abandoned)
     except FloatingPointError as e:
         bar.close()
-        kept = (f"the best adapter so far (step {best['step']}) in {out}" if best["step"] is not None else
-                "no adapter (none was saved yet)")
-        sys.exit(f"error: {e}: stopped without saving this step. Kept: the state after step {saved_step} in "
-                 f"{state_file}, and {kept}. Try a lower --lr or a smaller --rank, in another --out (a resumed "
-                 f"run would repeat the same steps).")
+        safety.exit_not_finite(e, saved_step, run.state_file, best, run.out)
     finally:
         held.release(raise_pending=False)
     bar.close()
+    clock = clock_now() if step > start_step else run.clock  # a finished run resumed: the clock stopped with its state
+    return step, best, history, clock, time.time() - start_time
 
-    elapsed = time.time() - start_time
-    total = clock_now() if step > start_step else clock  # a finished run resumed: the clock stopped with its state
+
+def parameter_counts(model):
+    """(trainable, total) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+
+
+def summarize(args, run, step, best, history, clock, seconds):
+    """metrics.json, and the run's last line."""
+    n_trainable, n_total = parameter_counts(run.model)
     losses = [r["loss"] for r in history]
-    metrics = {"method": args.method, "rank": args.rank, "tasks": tasks, "steps": step,
+    metrics = {"method": args.method, "rank": args.rank, "tasks": run.tasks, "steps": step,
                "trainable_params": n_trainable, "total_params": n_total,
                "trainable_percent": 100 * n_trainable / n_total,
                "first_loss": losses[0], "last_loss": losses[-1],
@@ -673,18 +501,27 @@ def run_training(args):
                # no validation set: no loss to report (JSON has no NaN), and the adapter is the last step's
                "best_val_loss": best["val_loss"] if math.isfinite(best["val_loss"]) else None,
                "best_step": best["step"],
-               "seconds_this_session": round(elapsed, 1), "seconds": round(total["seconds"], 1),
-               "seconds_per_step": round(total["seconds"] / max(1, step), 3),
-               "tokens_per_second": round(total["tokens"] / max(total["seconds"], 1e-9), 1), "device": str(device)}
-    if main_process:
-        adapters.write_json(out / "metrics.json", metrics)
-    if world > 1:
+               "seconds_this_session": round(seconds, 1), "seconds": round(clock["seconds"], 1),
+               "seconds_per_step": round(clock["seconds"] / max(1, step), 3),
+               "tokens_per_second": round(clock["tokens"] / max(clock["seconds"], 1e-9), 1), "device": str(run.device)}
+    if run.rank == 0:
+        adapters.write_json(run.out / "metrics.json", metrics)
+    if run.world > 1:
         dist.destroy_process_group()
-    best_text = (f"best val loss {best['val_loss']:.4f} at step {best['step']}" if val_set else
+    best_text = (f"best val loss {best['val_loss']:.4f} at step {best['step']}" if run.val_set else
                  f"no validation set, the adapter is step {best['step']}'s")
-    say(f"done: {step} steps, loss {metrics['mean_loss_first_10']:.4f} -> {metrics['mean_loss_last_10']:.4f} "
-          f"(mean of first/last 10), {best_text}; adapter in {out}")
+    if run.rank == 0:
+        print(f"done: {step} steps, loss {metrics['mean_loss_first_10']:.4f} -> {metrics['mean_loss_last_10']:.4f} "
+              f"(mean of first/last 10), {best_text}; adapter in {run.out}")
     return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with safety.folder_lock(Path(args.out)):
+        safety.check_run_folder(args)  # --resume: the same run; otherwise: no run there to overwrite
+        run = setup(args)
+        return summarize(args, run, *train_loop(args, run))
 
 
 if __name__ == "__main__":

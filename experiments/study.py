@@ -145,8 +145,7 @@ def table(rows):
 def log_cost(model_dir, data, steps=3, rank=4, batch_size=16, repeats=20):
     """Median seconds of a PERA training step (batch of the first training records, q/k/v/up/down) and of
     the log record train.py adds (pera_record + h_grad_norm), measured in one process, interleaved."""
-    model_dir = Path(model_dir)
-    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(Path(model_dir) / "tokenizer.json")
     model = Transformer.from_pretrained(model_dir)
     adapters.inject(model, adapters.settings("pera", rank, dropout=0.05))
     model.train()

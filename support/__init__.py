@@ -5,4 +5,6 @@
     commonsense.py     LLM-Adapters' commonsense protocol: prompt, loss masking, cut-offs, answer patterns
     safetensors_io.py  checkpoint files: the safetensors reader (memory-mapped) and atomic writer, shards
     gguf.py            llama.cpp's GGUF read and dequantized into a Hugging Face llama folder (prepare.py)
+    safety.py          what makes a train.py run safe: one writer per folder, Ctrl-C held to a step's end,
+                       the resumable state and its checks, several processes (torchrun)
 """

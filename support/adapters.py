@@ -39,22 +39,22 @@ def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, ter
     trained (its init and h's learning-rate ratio), which a reader of the adapter needs to know."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
-    s = {"method": method, "rank": int(rank), "targets": list(targets), "dropout": float(dropout)}
+    spec = {"method": method, "rank": int(rank), "targets": list(targets), "dropout": float(dropout)}
     if method != "hira":  # HiRA has no alpha / r scaling
-        s["alpha"] = float(alpha if alpha is not None else rank)
+        spec["alpha"] = float(alpha if alpha is not None else rank)
     if method == "pera":
         if init not in pera.INITS:
             raise ValueError(f"unknown PERA init '{init}' (inits: {', '.join(pera.INITS)})")
-        s.update(terms=terms, degree=int(degree), init=init, h_lr_ratio=float(h_lr_ratio))
+        spec.update(terms=terms, degree=int(degree), init=init, h_lr_ratio=float(h_lr_ratio))
     if method == "loran":
-        s.update(amplitude=float(amplitude), omega=float(omega))
-    return s
+        spec.update(amplitude=float(amplitude), omega=float(omega))
+    return spec
 
 
-def inject(model, s: dict) -> list:
+def inject(model, spec: dict) -> list:
     """Wrap the target linears of `model` with the method's adapter; freeze everything else."""
-    kw = {k: s[k] for k in ("alpha", "dropout", "terms", "degree", "init", "amplitude", "omega") if k in s}
-    return METHODS[s["method"]].inject(model, s["rank"], targets=tuple(s["targets"]), **kw)
+    kw = {k: spec[k] for k in ("alpha", "dropout", "terms", "degree", "init", "amplitude", "omega") if k in spec}
+    return METHODS[spec["method"]].inject(model, spec["rank"], targets=tuple(spec["targets"]), **kw)
 
 
 def merge(model, method):
@@ -65,22 +65,23 @@ def adapter_layers(model, method) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, CLASSES[method])}
 
 
-def peft_config(s: dict, base_model: str) -> dict:
+def peft_config(spec: dict, base_model: str) -> dict:
     """adapter_config.json: PEFT's fields for its own types; the same style for PERA and LoRAN."""
-    method = s["method"]
+    method = spec["method"]
     config = {"peft_type": PEFT_TYPES[method], "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-              "r": s["rank"], "target_modules": s["targets"], "inference_mode": True, "fan_in_fan_out": False,
+              "r": spec["rank"], "target_modules": spec["targets"], "inference_mode": True, "fan_in_fan_out": False,
               "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None}
     if method in ("lora", "dora"):
-        config.update(lora_alpha=s["alpha"], lora_dropout=s["dropout"], bias="none", init_lora_weights=True,
+        config.update(lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], bias="none", init_lora_weights=True,
                       use_dora=method == "dora", use_rslora=False, rank_pattern={}, alpha_pattern={})
     elif method == "hira":
-        config.update(hira_dropout=s["dropout"], init_weights=True, rank_pattern={})
+        config.update(hira_dropout=spec["dropout"], init_weights=True, rank_pattern={})
     elif method == "loran":
-        config.update(loran_alpha=s["alpha"], loran_dropout=s["dropout"], amplitude=s["amplitude"], omega=s["omega"])
+        config.update(loran_alpha=spec["alpha"], loran_dropout=spec["dropout"], amplitude=spec["amplitude"],
+                      omega=spec["omega"])
     else:
-        config.update(pera_alpha=s["alpha"], pera_dropout=s["dropout"], terms=s["terms"], degree=s["degree"],
-                      init=s["init"], h_lr_ratio=s["h_lr_ratio"])
+        config.update(pera_alpha=spec["alpha"], pera_dropout=spec["dropout"], terms=spec["terms"],
+                      degree=spec["degree"], init=spec["init"], h_lr_ratio=spec["h_lr_ratio"])
     return config
 
 
@@ -106,16 +107,16 @@ def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
                     omega=config.get("omega", 1e3))
 
 
-def save_adapter(model, folder, s: dict, base_model: str):
+def save_adapter(model, folder, spec: dict, base_model: str):
     """Write adapter_model.safetensors and adapter_config.json into folder, each atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for name, layer in adapter_layers(model, s["method"]).items():
-        for ours, theirs in TENSOR_KEYS[s["method"]].items():
+    for name, layer in adapter_layers(model, spec["method"]).items():
+        for ours, theirs in TENSOR_KEYS[spec["method"]].items():
             tensors[f"base_model.model.{name}.{theirs}"] = getattr(layer, ours).detach().float()
     save_safetensors(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    write_json(folder / "adapter_config.json", peft_config(s, base_model))
+    write_json(folder / "adapter_config.json", peft_config(spec, base_model))
 
 
 def load_adapter(model, folder) -> dict:
@@ -125,14 +126,14 @@ def load_adapter(model, folder) -> dict:
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder}: no adapter_config.json")
     try:
-        s = settings_from_peft_config(json.loads(config_file.read_text()), config_file)
+        spec = settings_from_peft_config(json.loads(config_file.read_text()), config_file)
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file}: invalid JSON ({e})") from None
     tensors = load_safetensors(folder / "adapter_model.safetensors")
-    inject(model, s)
+    inject(model, spec)
     expected = {}
-    for name, layer in adapter_layers(model, s["method"]).items():
-        for ours, theirs in TENSOR_KEYS[s["method"]].items():
+    for name, layer in adapter_layers(model, spec["method"]).items():
+        for ours, theirs in TENSOR_KEYS[spec["method"]].items():
             expected[f"base_model.model.{name}.{theirs}"] = getattr(layer, ours)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -144,7 +145,7 @@ def load_adapter(model, folder) -> dict:
             raise ValueError(f"{folder / 'adapter_model.safetensors'}: tensor '{key}' has shape "
                              f"{tuple(tensors[key].shape)}, the model needs {tuple(param.shape)}")
         param.data.copy_(tensors[key])
-    return s
+    return spec
 
 
 def write_json(path, obj):

@@ -779,12 +779,12 @@ def test_inject_and_load_adapter_keep_the_models_mode(method, tmp_path):
     assert not any(m.training for m in METHODS[method].merge(model.eval()).modules())
 
     # an adapter with dropout, loaded into a model in eval mode, gives the merged model's logits
-    s = adapters.settings(method, 4, dropout=0.1)
+    spec = adapters.settings(method, 4, dropout=0.1)
     model = tiny_model()
-    adapters.inject(model, s)
+    adapters.inject(model, spec)
     for i, layer in enumerate(adapters.adapter_layers(model, method).values()):
         randomize(layer, seed=i, std=0.1)
-    adapters.save_adapter(model, tmp_path, s, base_model="tiny")
+    adapters.save_adapter(model, tmp_path, spec, base_model="tiny")
     loaded = tiny_model().eval()
     adapters.load_adapter(loaded, tmp_path)
     with torch.no_grad():

@@ -31,14 +31,14 @@ def input_ids(model_dir):
 def random_adapter(model_dir, folder, method, seed=0, **kw):
     """An adapter folder for model_dir with random, non-zero A, B (h), as train.py would write it."""
     model = Transformer.from_pretrained(model_dir)
-    s = adapters.settings(method, 4, **kw)
-    adapters.inject(model, s)
+    spec = adapters.settings(method, 4, **kw)
+    adapters.inject(model, spec)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    adapters.save_adapter(model, folder, s, base_model=str(model_dir))
+    adapters.save_adapter(model, folder, spec, base_model=str(model_dir))
     return folder
 
 

@@ -23,7 +23,7 @@ import merge
 import train
 from experiments import bench
 from model import Transformer
-from support import adapters, cli, commonsense
+from support import adapters, cli, commonsense, safety
 from support.safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
@@ -105,7 +105,7 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
     # one session per place: validation (step 3), the state save (step 4, Ctrl-C twice: step 4 is abandoned and
     # the next session starts after step 3), the best adapter's save (step 6)
     for owner, name, times, message in [(train, "validation_loss", 1, "interrupted after step 3;"),
-                                        (train, "save_state", 2, "stopped inside step 4, without saving it; the "
+                                        (safety, "save_state", 2, "stopped inside step 4, without saving it; the "
                                                                  "state after step 3"),
                                         (adapters, "save_adapter", 1, "interrupted after step 6;")]:
         hits = []
@@ -128,7 +128,7 @@ def test_an_ignored_sigint_stays_ignored():
     """Under nohup or as a background job SIGINT is ignored: holding it during a step must not undo that."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        held = train.HeldInterrupt()
+        held = safety.HeldInterrupt()
         held.hold()
         signal.raise_signal(signal.SIGINT)
         held.release()  # nothing held, nothing raised
@@ -201,7 +201,7 @@ def test_a_second_writer_is_refused_with_one_line(stories_dir, data_dir, tmp_pat
 def test_only_the_first_process_of_a_torchrun_job_takes_the_lock(tmp_path, monkeypatch):
     for rank, held in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
-        with train.folder_lock(tmp_path / "run"):
+        with safety.folder_lock(tmp_path / "run"):
             assert (tmp_path / "run" / ".lock").exists() == held
     assert not (tmp_path / "run" / ".lock").exists()
 
@@ -210,12 +210,13 @@ def test_only_the_first_process_of_a_torchrun_job_takes_the_lock(tmp_path, monke
 # Smaller: metrics.json, the adapter's base model, the NaN stop's message
 
 def test_no_validation_set_and_another_directory(stories_dir, data_dir, tmp_path, monkeypatch):
-    """--val-size 0 writes valid JSON; the adapter names its base model so eval.py finds it from anywhere."""
+    """--val-size 0 writes valid JSON; the adapter names its base model as given (relative here), and eval.py
+    reads it from its own folder (a sibling, where the same relative path names the same model)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    train.main(train_args(os.path.relpath(stories_dir), data_dir, "run", "--max-steps", "2", "--eval-every", "2",
-                          "--val-size", "0"))
+    model = os.path.relpath(stories_dir)
+    train.main(train_args(model, data_dir, "run", "--max-steps", "2", "--eval-every", "2", "--val-size", "0"))
 
     def no_nan(constant):
         raise ValueError(f"{constant} is not JSON")
@@ -225,7 +226,7 @@ def test_no_validation_set_and_another_directory(stories_dir, data_dir, tmp_path
     monkeypatch.chdir(tmp_path / "b")
     result = evaluate.main(["--adapter", str(tmp_path / "a" / "run"), "--data", str(data_dir), "--limit", "1",
                             "--max-new-tokens", "2", "--device", "cpu", "--out", "eval"])
-    assert result["model"] == str(stories_dir.resolve()) and result["tasks"]["boolq"]["n"] == 1
+    assert result["model"] == model and result["tasks"]["boolq"]["n"] == 1
 
 
 def test_nan_stop_says_what_was_kept(stories_dir, data_dir, tmp_path, monkeypatch):

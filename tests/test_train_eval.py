@@ -1,12 +1,15 @@
 """The commonsense protocol, train.py and eval.py, on the real stories260K model and real data records."""
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import HERE_FIXTURES, fixture
 
 import eval as evaluate
+import merge
 import train
 from model import Transformer
 from support import adapters, commonsense
@@ -146,8 +149,8 @@ def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, d
     ids = torch.tensor(json.loads((stories_dir / "input_ids.json").read_text()))
     saved, real_save = [], adapters.save_adapter  # the live model's logits at each save of the adapter
 
-    def save_and_record(model, folder, s, base_model):
-        real_save(model, folder, s, base_model)
+    def save_and_record(model, folder, spec, base_model):
+        real_save(model, folder, spec, base_model)
         with torch.no_grad():  # eval mode: no dropout, so no random numbers drawn and training goes on unchanged
             saved.append(model.eval()(ids))
         model.train()
@@ -171,12 +174,12 @@ def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, d
                                                 "log.jsonl", "metrics.json", "checkpoint"}
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == adapters.PEFT_TYPES[method] and config["r"] == 4
-    assert config["base_model_name_or_path"] == str(stories_dir.resolve())  # resolved: eval.py works from anywhere
+    assert config["base_model_name_or_path"] == str(stories_dir)  # --model as given
     # the adapter kept is the best by validation loss, here the last step's; loaded the way eval.py loads it (the
     # base model named in adapter_config.json), it gives the logits of the model that training left
     assert metrics["best_step"] == 12 and len(saved) == 2
-    reloaded, _, s = evaluate.load(evaluate.parse_args(["--adapter", str(out), "--device", "cpu"]))
-    assert s["method"] == method
+    reloaded, _, spec = evaluate.load(evaluate.parse_args(["--adapter", str(out), "--device", "cpu"]))
+    assert spec["method"] == method
     with torch.no_grad():
         logits = reloaded(ids)
         base = Transformer.from_pretrained(stories_dir).eval()(ids)
@@ -208,8 +211,8 @@ def test_saved_adapter_reloads_to_the_same_logits(stories_dir, data_dir, tmp_pat
                           "--eval-every", "4", "--dropout", "0"))
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
     trained = Transformer.from_pretrained(stories_dir)
-    s = adapters.settings("pera", 4, dropout=0.0)
-    adapters.inject(trained, s)
+    spec = adapters.settings("pera", 4, dropout=0.0)
+    adapters.inject(trained, spec)
     params = dict(trained.named_parameters())
     for name, t in state["trainable"].items():
         params[name].data.copy_(t)
@@ -245,6 +248,32 @@ def test_resume_ends_where_an_uninterrupted_run_ends(stories_dir, data_dir, tmp_
     log = lambda run: [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]  # noqa: E731
     drop_time = lambda records: [{k: v for k, v in r.items() if k != "time"} for r in records]  # noqa: E731
     assert drop_time(log("straight")) == drop_time(log("resumed"))
+
+
+def test_paths_are_written_as_given_and_read_from_the_current_folder(stories_dir, data_dir, tmp_path, monkeypatch):
+    """A relative --model and --out stay relative in adapter_config.json, args.json, merged_from.json and
+    results.json; from a folder where the adapter's relative base names nothing, eval.py and merge.py say so
+    in one line that names the path and suggests --model."""
+    monkeypatch.chdir(tmp_path)
+    model = os.path.relpath(stories_dir)
+    train.main(train_args(model, data_dir, "run", "--method", "lora", "--max-steps", "1", "--eval-every", "1"))
+    assert json.loads(Path("run/adapter_config.json").read_text())["base_model_name_or_path"] == model
+    saved = json.loads(Path("run/args.json").read_text())
+    assert (saved["model"], saved["out"]) == (model, "run")
+    merge.main(["--adapter", "run", "--out", "merged"])
+    merged_from = json.loads(Path("merged/merged_from.json").read_text())
+    assert (merged_from["adapter"], merged_from["base_model"]) == ("run", model)
+    result = evaluate.main(["--adapter", "run", "--data", str(data_dir), "--tasks", "boolq", "--limit", "1",
+                            "--max-new-tokens", "2", "--device", "cpu"])
+    assert (result["model"], result["adapter"]) == (model, "run")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    for tool, argv in [(evaluate, ["--data", str(data_dir), "--device", "cpu"]), (merge, ["--out", "merged"])]:
+        with pytest.raises(SystemExit) as e:
+            tool.main(["--adapter", "../../run", *argv])
+        message = str(e.value)
+        assert message.startswith(f"error: {model} (the base model ../../run/adapter_config.json names): no such "
+                                  f"folder") and "pass --model DIR" in message and "\n" not in message
 
 
 def test_micro_batches_do_not_change_the_step(stories_dir, data_dir, tmp_path):
@@ -389,8 +418,8 @@ def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path
 def test_peft_saved_adapters_load_and_give_peft_logits(method):
     base = fixture("models", "tiny-llama")
     model = Transformer.from_pretrained(base)
-    s = adapters.load_adapter(model, HERE_FIXTURES / "peft" / method)
-    assert s["method"] == method and s["rank"] == 4
+    spec = adapters.load_adapter(model, HERE_FIXTURES / "peft" / method)
+    assert spec["method"] == method and spec["rank"] == 4
     ids = torch.tensor(json.loads((base / "input_ids.json").read_text()))
     reference = load_safetensors(HERE_FIXTURES / "peft" / method / "reference.safetensors")["logits"]
     with torch.no_grad():
@@ -403,9 +432,9 @@ def test_our_adapter_files_have_peft_keys_shapes_and_fields(tmp_path, method):
     peft_dir = HERE_FIXTURES / "peft" / method
     theirs_config = json.loads((peft_dir / "adapter_config.json").read_text())
     model = Transformer.from_pretrained(base)
-    s = adapters.settings(method, 4, alpha=theirs_config.get("lora_alpha"))
-    adapters.inject(model, s)
-    adapters.save_adapter(model, tmp_path, s, base_model=str(base))
+    spec = adapters.settings(method, 4, alpha=theirs_config.get("lora_alpha"))
+    adapters.inject(model, spec)
+    adapters.save_adapter(model, tmp_path, spec, base_model=str(base))
     ours, theirs = load_safetensors(tmp_path / "adapter_model.safetensors"), load_safetensors(peft_dir / "adapter_model.safetensors")
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
     ours_config = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -450,15 +479,15 @@ def test_dora_gradients_are_pefts():
 def test_dora_and_loran_files_round_trip(tmp_path, method, extra):
     base = fixture("models", "tiny-llama")
     model = Transformer.from_pretrained(base)
-    s = adapters.settings(method, 4, alpha=8, dropout=0.1, **extra)
-    adapters.inject(model, s)
+    spec = adapters.settings(method, 4, alpha=8, dropout=0.1, **extra)
+    adapters.inject(model, spec)
     model.eval()  # dropout off
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.mul_(1.1) if p.dim() == 1 else p.normal_(0, 0.1)  # DoRA's m: moved off ‖W0‖_row
-    adapters.save_adapter(model, tmp_path, s, base_model=str(base))
+    adapters.save_adapter(model, tmp_path, spec, base_model=str(base))
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     if method == "dora":  # PEFT's LoRA config with use_dora; PEFT's key for the magnitude
         assert config["peft_type"] == "LORA" and config["use_dora"] is True and config["lora_alpha"] == 8
@@ -467,7 +496,7 @@ def test_dora_and_loran_files_round_trip(tmp_path, method, extra):
     else:
         assert config["peft_type"] == "LORAN" and (config["amplitude"], config["omega"]) == (2e-3, 300.0)
     reloaded = Transformer.from_pretrained(base)
-    assert adapters.load_adapter(reloaded, tmp_path) == s
+    assert adapters.load_adapter(reloaded, tmp_path) == spec
     reloaded.eval()
     ids = torch.tensor(json.loads((base / "input_ids.json").read_text()))
     with torch.no_grad():
