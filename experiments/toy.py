@@ -2,6 +2,7 @@
 
     python -m experiments.toy                      # the default table, about a minute on 2 CPU cores
     python -m experiments.toy --json results/toy.json --svg results/toy.svg
+    python -m experiments.toy --eps-sweep --json results/toy_eps.json --svg results/toy_eps.svg
 
 Each target is a matrix T (out × in) to be reached as an update, ΔW ≈ T, and a frozen weight W0 (HiRA's
 update W0 ⊙ (B A) depends on it; LoRA's and PERA's do not). Every method wraps nn.Linear(in, out) with
@@ -15,6 +16,13 @@ the rank-r floor; PERA can, and its floor at its bound is the best it could ever
 A fit whose error still fell by more than --tol (relative, and by more than 5e-5, which the 4 printed
 decimals would show) over its last 10 % of steps is marked as not converged ("…" after the number):
 its figure depends on the step budget, not only on the method.
+
+--eps-sweep asks when PERA's extra terms matter: one target scaled by ε from 1e-4 to 1 (ε = 1 is the
+unit-scale target, entries of mean square 1), each ε fitted by LoRA and PERA (the authors' init: A
+Kaiming-uniform, B = 0, h = 0) with the same fine-tuning-like budget (the same steps, Adam at the same
+peak lr, train.py's warm-up and linear decay). Per ε: the relative error, the rank-r floor, PERA's gain
+below that floor, the polynomial share ‖ΔW − sBA‖/‖sBA‖ and max |h|. The relative errors and floors
+do not depend on ε; only how far the optimizer must move the factors does (docs/study.md).
 """
 import argparse
 import json
@@ -86,17 +94,20 @@ def rank_bound(layer):
     return layer.rank
 
 
-def fit(layer, T, steps, lr, tol):
+def fit(layer, T, steps, lr, tol, schedule="constant"):
     """Adam on ‖ΔW − T‖²_F / ‖T‖²_F; ΔW is read through the layer's forward: layer(I) = (W0 + ΔW)ᵀ.
 
+    schedule "linear": train.py's, a tenth of the steps of linear warm-up, then linear decay to 0.
     Returns the final relative error, the error 10 % of the steps earlier, and whether it converged.
     """
     eye = torch.eye(T.shape[1], dtype=T.dtype)
     target = (layer.base.weight + T).T.detach()  # (in, out): what layer(I) must become
     params = [p for p in layer.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    errors = []
-    for _ in range(steps):
+    errors, warmup = [], max(1, steps // 10)
+    for step in range(steps):
+        if schedule == "linear":
+            opt.param_groups[0]["lr"] = lr * min((step + 1) / warmup, (steps - step) / (steps - warmup))
         loss = (layer(eye) - target).square().sum() / T.square().sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,6 +196,59 @@ def plot(rows, path):
                                    xticks=list(zip(x, targets))))
 
 
+EPS = tuple(10.0 ** (k / 2) for k in range(-8, 1))  # 1e-4 ... 1 in half decades: 9 values
+
+
+def eps_sweep(eps_values, target, out_features, in_features, rank, steps, lr, seed, tol, progress=True):
+    """LoRA and PERA (all terms, code init) fitted to ε · T for each ε, all with one budget (steps, peak lr)."""
+    g = torch.Generator().manual_seed(seed * 1000 + TARGETS.index(target))
+    T1, W0 = make_target(target, out_features, in_features, rank, g)
+    rows = []
+    bar = tqdm(total=2 * len(eps_values), desc="ε sweep", disable=not progress, leave=False)
+    for eps in eps_values:
+        T = eps * T1
+        for method in ("lora", "pera"):
+            torch.manual_seed(seed)  # the same A for LoRA and PERA at every ε
+            layer = make_layer(method, "all", "code", W0, rank)
+            rel_error, _, converged = fit(layer, T, steps, lr, tol, schedule="linear")
+            is_pera = method == "pera"
+            floor = eckart_young(T, rank)
+            rows.append({"eps": eps, "target": target, "method": method, "rank": rank, "steps": steps, "lr": lr,
+                         "rel_error": rel_error, "eckart_young_r": floor, "gain": floor - rel_error,
+                         "poly_share": pera.polynomial_share(layer) if is_pera else 0.0,
+                         "h_max": float(layer.h.detach().abs().max()) if is_pera else 0.0, "converged": converged})
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+def eps_table(rows):
+    lines = ["| ε | rank-r floor | LoRA | PERA | PERA's gain below the floor | polynomial share | max \\|h\\| |",
+             "|---|---|---|---|---|---|---|"]
+    for eps in dict.fromkeys(r["eps"] for r in rows):
+        lo, pe = (next(r for r in rows if r["eps"] == eps and r["method"] == m) for m in ("lora", "pera"))
+        cell = lambda r: f"{r['rel_error']:.4f}" + ("" if r["converged"] else " …")  # noqa: E731
+        lines.append(f"| {eps:.0e} | {lo['eckart_young_r']:.4f} | {cell(lo)} | {cell(pe)} | {pe['gain']:.2e} | "
+                     f"{pe['poly_share']:.2e} | {pe['h_max']:.3g} |")
+    return "\n".join(lines)
+
+
+def eps_plot(rows, path):
+    """PERA's gain below the rank-r floor and its polynomial share against ε, log-log."""
+    from experiments.plot import svg_plot
+    pera_rows = [r for r in rows if r["method"] == "pera"]
+    x = [math.log10(r["eps"]) for r in pera_rows]
+    series = [{"label": "polynomial share ‖ΔW − sBA‖/‖sBA‖", "x": x, "y": [max(r["poly_share"], 1e-9) for r in pera_rows],
+               "marker": True},
+              {"label": "gain below the rank-r floor (floor − error)", "x": x,
+               "y": [max(r["gain"], 1e-9) for r in pera_rows], "marker": True}]
+    ticks = [(v, f"1e{v:+.0f}".replace("+", "")) for v in range(math.floor(min(x)), math.ceil(max(x)) + 1)]
+    first = pera_rows[0]
+    Path(path).write_text(svg_plot(series, title=f"PERA against the target's scale ε ({first['target']}, rank "
+                                                  f"{first['rank']}, {first['steps']} Adam steps at lr {first['lr']:g})",
+                                   xlabel="ε (the target's scale; log)", ylabel="log scale", log_y=True, xticks=ticks))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
@@ -195,6 +259,8 @@ def main(argv=None):
     p.add_argument("--tol", type=float, default=0.01,
                    help="converged: the error fell by at most this fraction over the last 10%% of steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eps-sweep", action="store_true", help="the target's scale from 1e-4 to 1 instead of the "
+                   "table: LoRA and PERA on the first of --targets, one budget (--steps, --lr) for every scale")
     p.add_argument("--json", default=None, help="write the rows to this file")
     p.add_argument("--svg", default=None, help="plot the errors against the floors to this file")
     args = p.parse_args(argv)
@@ -210,6 +276,18 @@ def main(argv=None):
         p.error("--rank must be at least 2 (PERA's cross terms need two indices), --steps at least 10, "
                 "--lr positive, the size at least 2x2")
     torch.set_num_threads(1)  # small matrices: threads cost more than they give, and results stay bitwise fixed
+    if args.eps_sweep:
+        rows = eps_sweep(EPS, targets[0], out_features, in_features, args.rank, args.steps, args.lr, args.seed, args.tol)
+        print(f"Relative error ‖ΔW − T‖_F / ‖T‖_F against the target's scale ε, {targets[0]} {out_features}x"
+              f"{in_features}, rank {args.rank}, {args.steps} Adam steps at peak lr {args.lr:g} (warm-up and linear "
+              f"decay), PERA with the authors' init, seed {args.seed}")
+        print(eps_table(rows))
+        with cli.user_input():
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            if args.svg:
+                eps_plot(rows, args.svg)
+        return rows
     rows = run(targets, out_features, in_features, args.rank, args.steps, args.lr, args.seed, args.tol)
     print(f"Relative error ‖ΔW − T‖_F / ‖T‖_F, {out_features}x{in_features} targets, rank {args.rank}, "
           f"{args.steps} Adam steps at lr {args.lr:g}, seed {args.seed} (… = still falling: not converged)")

@@ -92,3 +92,22 @@ def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         toy.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eps_sweep_the_terms_grow_with_the_target_scale_while_lora_stays_on_its_floor():
+    """The law's direction: at one budget, PERA's polynomial share and its gain below the rank-r floor grow
+    about tenfold with each tenfold target scale ε, while max |h| stays where the budget puts it (Adam moves h by
+    about lr a step whatever ε is) and LoRA sits on its floor at every ε."""
+    rows = toy.eps_sweep((1e-4, 1e-3, 1e-2), "gaussian", 16, 12, 3, steps=2000, lr=1e-3, seed=0, tol=0.01,
+                         progress=False)
+    lora_rows = [r for r in rows if r["method"] == "lora"]
+    pera_rows = [r for r in rows if r["method"] == "pera"]
+    assert [r["eps"] for r in pera_rows] == [1e-4, 1e-3, 1e-2]
+    for r in lora_rows:
+        assert r["eckart_young_r"] - 1e-9 <= r["rel_error"] <= r["eckart_young_r"] + 1e-6, r["eps"]
+    shares, gains = [r["poly_share"] for r in pera_rows], [r["gain"] for r in pera_rows]
+    assert all(5 < b / a for a, b in zip(shares, shares[1:])), shares
+    assert 0 < gains[0] < gains[1] < gains[2], gains
+    h_max = [r["h_max"] for r in pera_rows]
+    assert max(h_max) < 1.5 * min(h_max) and max(h_max) <= 1e-3 * 2000, h_max
+    assert all(r["eckart_young_r"] == pytest.approx(pera_rows[0]["eckart_young_r"], abs=1e-12) for r in rows)
