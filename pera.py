@@ -179,6 +179,28 @@ def polynomial_share(layer):
     return float((sq_norm(B_hat[:, r:], A_hat[r:]) / lora_part).sqrt()) if lora_part > 0 else 0.0
 
 
+
+@torch.no_grad()
+def polynomial_share_bound(layer):
+    """An upper bound on polynomial_share(layer) from the factors' sizes alone (docs/study.md, the bound).
+
+    With x_i = b_i[o] a_i[k], entry (o, k) of a term of m indices is h times a product of m of the x_i, so
+    |ΔW − s·BA|_ok ≤ s·max|h| · Σ_{m=2..k} X_ok^m, X = |B| |A| (x_i ≥ 0 summed: every product of m of them
+    is one term of X_ok^m). With X_ok ≤ M = Σ_i max|b_i| · max|a_i| and ‖X^∘m‖_F ≤ M^(m−1) ‖X‖_F:
+
+        share ≤ max|h| · Σ_{m=2..k} M^(m−1) · ‖|B| |A|‖_F / ‖B A‖_F
+
+    for degree k = 2 simply max|h| · M · ρ, ρ ≥ 1 measuring how much B A cancels. Gram matrices as above.
+    """
+    A, B, h = (t.detach().double() for t in (layer.A, layer.B, layer.h))
+    sq_norm = lambda X, Y: ((X.T @ X) * (Y @ Y.T)).sum()  # noqa: E731  ‖X Y‖_F²
+    lora_part = sq_norm(B, A)
+    if lora_part == 0 or len(h) == 0:
+        return 0.0
+    M = float((B.abs().amax(0) * A.abs().amax(1)).sum())
+    rho = float((sq_norm(B.abs(), A.abs()) / lora_part).sqrt())
+    return float(h.abs().max()) * sum(M ** (m - 1) for m in range(2, layer.degree + 1)) * rho
+
 def inject(model, rank, targets=TARGETS, **kw):
     """Wrap every nn.Linear named `target` or `*.target` in PERALinear; return the wrapped names.
 

@@ -251,10 +251,16 @@ def h_grad_norm(layers):
 
 @torch.no_grad()
 def pera_record(layers):
-    """How much PERA's polynomial terms carry now: the share ‖ΔW − sBA‖/‖sBA‖ per layer, and max |h|."""
+    """How much PERA's polynomial terms carry now: the share ‖ΔW − sBA‖/‖sBA‖ per layer and its bound from the
+    factors' sizes (pera.polynomial_share_bound; each layer's bound is above its share, so the median and the max
+    of the bounds are above those of the shares), max |h|, and the median RMS entry of s·BA (the update's scale ε)."""
     shares = [pera.polynomial_share(layer) for layer in layers]
+    bounds = [pera.polynomial_share_bound(layer) for layer in layers]
+    rms = [layer.scaling * math.sqrt(((B.T @ B) * (A @ A.T)).sum().item() / (B.shape[0] * A.shape[1]))
+           for layer in layers for A, B in [(layer.A.double(), layer.B.double())]]  # ‖BA‖_F² from (r, r) Grams
     return {"poly_share_median": statistics.median(shares), "poly_share_max": max(shares),
-            "h_max": max(layer.h.abs().max().item() for layer in layers)}
+            "poly_share_bound_median": statistics.median(bounds), "poly_share_bound_max": max(bounds),
+            "h_max": max(layer.h.abs().max().item() for layer in layers), "lora_rms_median": statistics.median(rms)}
 
 
 # -----------------------------------------------------------------------------

@@ -126,3 +126,24 @@ def test_polynomial_share_is_the_norm_ratio_of_delta_weight(kw):
         layer.h.zero_()
     assert pera.polynomial_share(layer) == 0.0  # h = 0: PERA is LoRA
     assert pera.polynomial_share(pera.PERALinear(make_base(), rank=3, **kw)) == 0.0  # fresh: B A = 0
+
+
+@pytest.mark.parametrize("kw", [{}, {"alpha": 8.0}, {"terms": "square"}, {"terms": "cross"}, {"degree": 3}])
+def test_polynomial_share_bound_is_above_the_share_and_attained_by_one_entry(kw):
+    """pera.polynomial_share_bound: max|h| · Σ_m M^(m−1) · ‖|B||A|‖/‖BA‖ is never below the share, whatever the
+    sizes of A, B and h (docs/study.md derives it), and it is exact when each factor has a single nonzero entry."""
+    for seed in range(40):
+        layer = pera.PERALinear(make_base(dtype=torch.float64, seed=seed), rank=4, **kw)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p, scale in zip((layer.A, layer.B, layer.h), 10 ** (4 * torch.rand(3, generator=g, dtype=torch.float64) - 3)):
+                p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        share, bound = pera.polynomial_share(layer), pera.polynomial_share_bound(layer)
+        assert share > 0 and bound >= share * (1 - 1e-12), (seed, share, bound)
+    one = pera.PERALinear(make_base(dtype=torch.float64), rank=1)  # one square term: h (b ⊙ b)(a ⊙ a)ᵀ
+    with torch.no_grad():
+        one.A.zero_(), one.B.zero_(), one.h.fill_(-0.3)
+        one.A[0, 5], one.B[3, 0] = 0.2, 0.05
+    assert pera.polynomial_share_bound(one) == pytest.approx(pera.polynomial_share(one), rel=1e-12)
+    assert pera.polynomial_share(one) == pytest.approx(0.3 * 0.2 * 0.05, rel=1e-12)  # |h| · |b| · |a|
+    assert pera.polynomial_share_bound(pera.PERALinear(make_base(), rank=3, **kw)) == 0.0  # fresh: B A = 0

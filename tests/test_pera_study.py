@@ -5,6 +5,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import ROOT
 from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 
 import eval as evaluate
@@ -117,6 +118,12 @@ def test_h_group_lr_and_the_logged_polynomial_terms(stories_dir, data_dir, tmp_p
     assert last["poly_share_median"] == pytest.approx(statistics.median(shares), rel=1e-6)
     assert last["poly_share_max"] == pytest.approx(max(shares), rel=1e-6) and max(shares) > 0
     assert last["h_max"] == max(layer.h.abs().max().item() for layer in layers) > 0
+    bounds = [pera.polynomial_share_bound(layer) for layer in layers]
+    assert last["poly_share_bound_median"] == pytest.approx(statistics.median(bounds), rel=1e-6)
+    assert last["poly_share_bound_max"] == pytest.approx(max(bounds), rel=1e-6)
+    assert all(b >= s for b, s in zip(bounds, shares))
+    rms = [(layer.scaling * layer.B.double() @ layer.A.double()).square().mean().sqrt().item() for layer in layers]
+    assert last["lora_rms_median"] == pytest.approx(statistics.median(rms), rel=1e-9) and last["lora_rms_median"] > 0
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -215,3 +222,17 @@ def test_study_table_counts_differing_answers_and_the_loglik_intervals(tmp_path)
     (tmp_path / "lora" / "eval-loglik" / "predictions.jsonl").write_text("")
     rows = study.main(["table", str(tmp_path / "pera"), "--lora", str(tmp_path / "lora")])
     assert "loglik_minus_lora" not in rows[1] and study.table(rows).splitlines()[-1].endswith("| - |")
+
+
+def test_every_committed_pera_log_keeps_the_bound_above_the_share():
+    """pera.polynomial_share_bound holds on real runs: at every logged step of every PERA run in results/ that
+    logs it, the bounds' median and max are at least the shares' (each layer's bound is above its share)."""
+    logs = [path for path in ROOT.glob("results/**/log.jsonl")
+            if any("poly_share_bound_max" in line for line in path.read_text().splitlines())]
+    assert logs, "no committed PERA log carries the bound"
+    for path in logs:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "poly_share_median" in record:
+                assert record["poly_share_bound_median"] >= record["poly_share_median"], (path, record["step"])
+                assert record["poly_share_bound_max"] >= record["poly_share_max"], (path, record["step"])
