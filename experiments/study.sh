@@ -76,7 +76,11 @@ RUNS=("$OUT/pera-paper" "$OUT/pera-code-h$BEST" "$OUT/pera-paper-h$BEST")
 python -m experiments.study table --lora "$LORA" "${RUNS[@]}" --json "$OUT/study.json" | tee "$OUT/study.md"
 LOGS=("$LORA/log.jsonl")
 for run in "${RUNS[@]}"; do LOGS+=("$run/log.jsonl"); done
-python -m experiments.plot "${LOGS[@]}" --key loss --smooth 10 --out "$OUT/loss.svg"
-python -m experiments.plot "${LOGS[@]:1}" --key poly_share_median --log-y --out "$OUT/poly_share.svg"
-python -m experiments.plot "${LOGS[@]:1}" --key h_max --log-y --out "$OUT/h_max.svg"
-python -m experiments.plot "$OUT"/sweep/*/log.jsonl --key poly_share_median --log-y --out "$OUT/sweep/poly_share.svg"
+python -m experiments.plot "${LOGS[@]}" --key loss --smooth 10 --title "Training loss, rank 4, SmolLM2-135M (mean of 10 steps)" \
+    --out "$OUT/loss.svg"
+python -m experiments.plot "${LOGS[@]:1}" --key poly_share_median --log-y \
+    --title "Polynomial share ‖ΔW − sBA‖/‖sBA‖, median over the 150 layers" --out "$OUT/poly_share.svg"
+python -m experiments.plot "${LOGS[@]:1}" --key h_max --log-y --title "max |h| over the 150 layers" --out "$OUT/h_max.svg"
+python -m experiments.plot "$OUT"/sweep/*/log.jsonl --key poly_share_median --log-y \
+    --title "PERA's polynomial share ‖ΔW − sBA‖/‖sBA‖ (median over 150 layers), $SWEEP_STEPS steps, h lr ×${RATIOS// / \/ ×}" \
+    --out "$OUT/sweep/share.svg"
