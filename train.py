@@ -9,8 +9,9 @@ loss in PEFT's layout (adapter_model.safetensors + adapter_config.json), args.js
 per step), metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly
 (support/safety.py: the lock, held Ctrl-C, the state, the resume checks).
 For PERA, every --pera-log-every steps a log record also carries how much the polynomial terms carry:
-poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), h_max (max |h|) and h_grad_norm
-(‖∂L/∂h‖ before clipping); --init and --h-lr-ratio are the knobs of the PERA study (README).
+poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), their bound from the factors' sizes
+(poly_share_bound_median, poly_share_bound_max), h_max (max |h|), lora_rms_median (the RMS entry of sBA) and
+h_grad_norm (‖∂L/∂h‖ before clipping); --init and --h-lr-ratio are the knobs of the PERA study (docs/study.md).
 """
 import argparse
 import contextlib

@@ -18,7 +18,8 @@ STEPS=${STEPS:-200}
 SWEEP_STEPS=${SWEEP_STEPS:-40}
 LIMIT=${LIMIT:-100}
 RANK=4
-COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42)
+# --train-file none: the per-task training sets the results were made with, even where commonsense_170k is present
+COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42 --train-file none)
 
 declare -A LRS=([lora]="1e-4 1e-3 3e-3" [pera]="1e-4 1e-3 3e-3" [hira]="1e-3 1e-2 3e-2" [dora]="1e-4 1e-3 3e-3"
                [loran]="1e-4 1e-3 3e-3")

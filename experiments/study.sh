@@ -8,7 +8,7 @@
 #   3. each evaluated as reproduce.sh does (generation on LIMIT examples per task, rank report), plus the
 #      validation loss on the answer label alone and log-likelihood accuracy on LOGLIK_LIMIT per task.
 #
-#   bash experiments/study.sh        # after `python prepare.py`; about 8 h on 2 CPU cores (see docs/study.md)
+#   bash experiments/study.sh        # after `python prepare.py`; about 6 h on 2 CPU cores (see docs/study.md)
 #
 # Resumable: every finished part is skipped, an interrupted training run continues from its checkpoint.
 # LORA: reproduce.sh's LoRA run folder (with its adapter); trained here, with the same arguments, if absent.
@@ -26,7 +26,7 @@ RATIOS=${RATIOS:-10 100 1000}
 LR=${LR:-1e-3}            # PERA's and LoRA's learning rate in reproduce.sh (its sweep's best)
 RANK=${RANK:-4}
 # TRAIN_ARGS: extra train.py arguments, for a smoke test only (e.g. "--val-size 8 --batch-size 4")
-COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42 --lr $LR ${TRAIN_ARGS:-})
+COMMON=(--model "$MODEL" --data "$DATA" --rank $RANK --batch-size 16 --seed 42 --train-file none --lr $LR ${TRAIN_ARGS:-})
 
 train() {  # out method steps eval-every extra-arguments...
     local out=$1 method=$2 steps=$3 every=$4

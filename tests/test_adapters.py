@@ -811,7 +811,7 @@ def test_the_readmes_adapter_only_state_dict_round_trip(method, tmp_path):
     METHODS[method].inject(model, 4)
     for i, layer in enumerate(m for m in model.modules() if isinstance(m, ADAPTER[method])):
         randomize(layer, seed=i, std=0.1)
-    # the README's two lines
+    # docs/usage.md's two lines
     keys = (".A", ".B", ".h", ".m")
     torch.save({k: v for k, v in model.state_dict().items() if k.endswith(keys)}, tmp_path / "adapter.pt")
     fresh = tiny_model()
