@@ -192,14 +192,19 @@ def polynomial_share_bound(layer):
 
     for degree k = 2 simply max|h| · M · ρ, ρ ≥ 1 measuring how much B A cancels. Gram matrices as above.
     """
+    h_max, M, rho = share_bound_factors(layer)
+    return h_max * sum(M ** (m - 1) for m in range(2, layer.degree + 1)) * rho if rho > 0 else 0.0
+
+
+@torch.no_grad()
+def share_bound_factors(layer):
+    """(max|h|, M, ρ) of polynomial_share_bound; ρ = 0 while B A = 0."""
     A, B, h = (t.detach().double() for t in (layer.A, layer.B, layer.h))
     sq_norm = lambda X, Y: ((X.T @ X) * (Y @ Y.T)).sum()  # noqa: E731  ‖X Y‖_F²
     lora_part = sq_norm(B, A)
-    if lora_part == 0 or len(h) == 0:
-        return 0.0
     M = float((B.abs().amax(0) * A.abs().amax(1)).sum())
-    rho = float((sq_norm(B.abs(), A.abs()) / lora_part).sqrt())
-    return float(h.abs().max()) * sum(M ** (m - 1) for m in range(2, layer.degree + 1)) * rho
+    rho = float((sq_norm(B.abs(), A.abs()) / lora_part).sqrt()) if lora_part > 0 else 0.0
+    return float(h.abs().max()) if len(h) else 0.0, M, rho
 
 def inject(model, rank, targets=TARGETS, **kw):
     """Wrap every nn.Linear named `target` or `*.target` in PERALinear; return the wrapped names.

@@ -10,8 +10,9 @@ per step), metrics.json, and checkpoint/state.pt, from which --resume continues 
 (support/safety.py: the lock, held Ctrl-C, the state, the resume checks).
 For PERA, every --pera-log-every steps a log record also carries how much the polynomial terms carry:
 poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), their bound from the factors' sizes
-(poly_share_bound_median, poly_share_bound_max), h_max (max |h|), lora_rms_median (the RMS entry of sBA) and
-h_grad_norm (‖∂L/∂h‖ before clipping); --init and --h-lr-ratio are the knobs of the PERA study (docs/study.md).
+(poly_share_bound_median, poly_share_bound_max) and its factors (b_max_median, a_max_median, rho_median),
+h_max (max |h|), lora_rms_median (the RMS entry of sBA) and h_grad_norm (‖∂L/∂h‖ before clipping); --init
+and --h-lr-ratio are the knobs of the PERA study (docs/study.md).
 """
 import argparse
 import contextlib
@@ -261,7 +262,11 @@ def pera_record(layers):
            for layer in layers for A, B in [(layer.A.double(), layer.B.double())]]  # ‖BA‖_F² from (r, r) Grams
     return {"poly_share_median": statistics.median(shares), "poly_share_max": max(shares),
             "poly_share_bound_median": statistics.median(bounds), "poly_share_bound_max": max(bounds),
-            "h_max": max(layer.h.abs().max().item() for layer in layers), "lora_rms_median": statistics.median(rms)}
+            "h_max": max(layer.h.abs().max().item() for layer in layers), "lora_rms_median": statistics.median(rms),
+            # the bound's factors, median over layers: B's and A's largest entries and ρ (pera.share_bound_factors)
+            "b_max_median": statistics.median(layer.B.abs().max().item() for layer in layers),
+            "a_max_median": statistics.median(layer.A.abs().max().item() for layer in layers),
+            "rho_median": statistics.median(pera.share_bound_factors(layer)[2] for layer in layers)}
 
 
 # -----------------------------------------------------------------------------

@@ -124,6 +124,11 @@ def test_h_group_lr_and_the_logged_polynomial_terms(stories_dir, data_dir, tmp_p
     assert all(b >= s for b, s in zip(bounds, shares))
     rms = [(layer.scaling * layer.B.double() @ layer.A.double()).square().mean().sqrt().item() for layer in layers]
     assert last["lora_rms_median"] == pytest.approx(statistics.median(rms), rel=1e-9) and last["lora_rms_median"] > 0
+    assert last["b_max_median"] == statistics.median(layer.B.abs().max().item() for layer in layers) > 0
+    assert last["a_max_median"] == statistics.median(layer.A.abs().max().item() for layer in layers) > 0
+    rho = [((layer.B.double().abs() @ layer.A.double().abs()).norm() / (layer.B.double() @ layer.A.double()).norm()).item()
+           for layer in layers]
+    assert last["rho_median"] == pytest.approx(statistics.median(rho), rel=1e-9) and last["rho_median"] >= 1
 
 
 @pytest.mark.parametrize("argv, message", [
