@@ -151,26 +151,36 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, preallocated for `max_len` positions."""
+    """Keys and values of the positions seen so far, preallocated for `max_len` positions, one pair per layer."""
 
     def __init__(self, config: Config, batch_size, max_len, dtype, device):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.length = 0  # positions filled; advanced by Transformer.hidden after all layers have written
 
-    def update(self, layer, k, v):
-        """Store this call's keys/values of one layer; return all keys/values so far."""
+    def layer(self, i):
+        """Layer i's keys and values: its block gets them, not an index (which torch.compile would make a constant)."""
+        return LayerCache(self.k[i], self.v[i], self.length)
+
+
+@dataclass
+class LayerCache:
+    k: torch.Tensor  # (B, nkv, max_len, hd)
+    v: torch.Tensor
+    length: int
+
+    def update(self, k, v):
+        """Store this call's keys/values; return all keys/values so far."""
         end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class Attention(nn.Module):
-    def __init__(self, config: Config, layer_idx: int):
+    def __init__(self, config: Config):
         super().__init__()
-        self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         d = config.hidden_size
         self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=config.qkv_bias)
@@ -185,9 +195,10 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, T_past + T, hd)
+            k, v = cache.update(k, v)  # (B, nkv, T_past + T, hd)
+        causal = True if mask is None and T > 1 else False  # a branch: a bool even when torch.compile makes T symbolic
         # grouped-query attention: each group of n_head / n_kv_head query heads shares one key/value head
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh * hd)
         return self.o_proj(y)
@@ -206,10 +217,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: Config, layer_idx: int):
+    def __init__(self, config: Config):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
@@ -227,7 +238,7 @@ class Transformer(nn.Module):
         self.config = config
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
-            layers=nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers)),
+            layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
             norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
         ))
         # With tied embeddings the output projection IS the embedding matrix: no lm_head.weight exists.
@@ -257,13 +268,13 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         x = self.model.embed_tokens(idx)
         cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]  # (B, 1, T, hd)
-        for layer in self.model.layers:
+        for i, layer in enumerate(self.model.layers):
             if self.grad_checkpoint and torch.is_grad_enabled() and cache is None:
                 # activation checkpointing: memory for one block's activations instead of every block's, for
                 # a second forward of each block (non-reentrant: dropout masks and gradients are the same)
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
+                x = layer(x, cos, sin, mask, cache.layer(i) if cache is not None else None)
         if cache is not None:
             cache.length += T
         return self.model.norm(x)
@@ -285,6 +296,25 @@ class Transformer(nn.Module):
     def forward(self, idx, attention_mask=None, cache: KVCache | None = None):
         """Logits (B, T, vocab) for tokens idx (B, T); see `hidden` for the mask and the cache."""
         return self.logits(self.hidden(idx, attention_mask, cache))
+
+    def compile(self, dynamic=True, **kwargs):
+        """torch.compile every block, adapters included; hidden(), forward() and generate() then run compiled.
+
+        The blocks are alike, so they share their compiled code (regional compilation): compiling takes the
+        time of one block, not of all of them. Parameter names do not change (no `_orig_mod.` prefix).
+        dynamic=True: one code for every batch size and length, which vary from call to call, instead of one
+        for the first and one more for the rest. Dropout keeps drawing its masks from torch's generator, as
+        in eager mode (inductor's fallback_random), so a compiled run and an eager one are the same run,
+        within float32 rounding. Compiling happens at the first call, and again for each new kind of call:
+        the first block (its input needs no gradient), no_grad, a KV cache. Measurements: docs/bench.md#compile
+        """
+        # Floats (an adapter's scaling, eps) stay constants, as eager code has them. A version of the blocks' code per
+        # kind of call and of adapter: more than torch's default 8 (past which it runs them eagerly, with a warning)
+        # once several models are compiled in one process (bench.py, the tests).
+        torch._dynamo.config.specialize_float = True
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for layer in self.model.layers:
+            layer.compile(dynamic=dynamic, options={"fallback_random": True}, **kwargs)
 
     # -------------------------------------------------------------------------
     # Loading a Hugging Face checkpoint folder.

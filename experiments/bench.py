@@ -114,6 +114,10 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="benchmark: each variant also with activation checkpointing; --plan: plan with it")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each variant's training step compiled (Transformer.compile: every block, adapters "
+                        "included), interleaved with its eager step; adds the compiled step, its ratio to eager and "
+                        "to compiled LoRA, and the compile time (the first compiled step's wall time less a step)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: one thread, timed by this process's CPU time, which a machine shared with other jobs "
                         "does not inflate (the wall clock also counts waiting for a core); CPU only")
@@ -145,6 +149,8 @@ def parse_args(argv=None):
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if "lora" not in args.methods:
         p.error("--methods must include lora: every ratio is to LoRA")
+    if args.compile and args.warmup < 1:
+        p.error("--compile needs --warmup 1 or more: the first compiled step is spent compiling")
     try:
         args.ranks = [int(r) for r in args.ranks.split(",")]
     except ValueError:
@@ -228,6 +234,7 @@ class Variant:
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4) if self.params else None
         self.trainable = sum(p.numel() for p in self.params)
         self.step_s, self.infer_s, self.peak_mb = [], [], []
+        self.compiled_s, self.first_compiled_s = [], None  # --compile: steps of the compiled model; its first, wall
 
 
 def training_step(model, variant, ids, labels, autocast):
@@ -639,16 +646,27 @@ def main(argv=None):
     print(f"{args.model or args.shape}{f' ({args.layers} layers)' if args.layers else ''}: {n_params / 1e6:.1f}M "
           f"params, batch {args.batch_size}x{args.seq_len}, {device}, {torch.get_num_threads()} threads")
 
-    # Training steps, interleaved: round k runs every variant once.
-    for k in tqdm(range(args.warmup + args.rounds), desc="training steps (rounds)"):
-        for v in variants:
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats()
-            t = timed(lambda: training_step(model, v, ids, labels, autocast), device, clock)
-            if k >= args.warmup:
-                v.step_s.append(t)
+    if args.compile:
+        model.compile()  # as train.py does; each variant gets its own compiled blocks at its first compiled step
+
+    # Training steps, interleaved: round k runs every variant once (with --compile, eager then compiled).
+    with cli.compile_errors():  # a machine that cannot compile: one line, at the first compiled step
+        for k in tqdm(range(args.warmup + args.rounds), desc="training steps (rounds)"):
+            for v in variants:
                 if on_cuda:
-                    v.peak_mb.append(torch.cuda.max_memory_allocated() / 2 ** 20)
+                    torch.cuda.reset_peak_memory_stats()
+                with torch.compiler.set_stance("force_eager"):
+                    t = timed(lambda: training_step(model, v, ids, labels, autocast), device, clock)
+                if k >= args.warmup:
+                    v.step_s.append(t)
+                    if on_cuda:
+                        v.peak_mb.append(torch.cuda.max_memory_allocated() / 2 ** 20)
+                if args.compile:
+                    first = v.first_compiled_s is None
+                    t = timed(lambda: training_step(model, v, ids, labels, autocast), device,
+                              time.perf_counter if first else clock)  # compiling: subprocesses, the wall clock
+                    v.first_compiled_s = t if first else v.first_compiled_s
+                    v.compiled_s += [t] if k >= args.warmup and not first else []
     if not on_cuda and not args.no_memory:
         for spec, v in zip(specs, tqdm(variants, desc="peak memory (fresh processes)")):
             peak = cpu_peak_mb(args, spec)
@@ -657,7 +675,7 @@ def main(argv=None):
     # Inference with every adapter merged: plain linears again, so it should cost what the base costs.
     merged = {v.label + str(v.rank): {n: layer.merged() for n, layer in v.layers.items()} if v.method != "none"
               else v.layers for v in variants}
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast(), torch.compiler.set_stance("force_eager"):  # eager, with or without --compile
         for k in tqdm(range(args.warmup + args.infer_rounds), desc="merged inference (rounds)"):
             for v in variants:
                 install(model, merged[v.label + str(v.rank)])
@@ -688,6 +706,11 @@ def report(variants, args, n_params):
                "peak_vs_lora": max(v.peak_mb) / max(ref.peak_mb) if ref and v.peak_mb else None,
                "merged_infer_ms": 1000 * infer,
                "infer_vs_none": infer / statistics.median(none.infer_s) if none else None}
+        if v.compiled_s:
+            compiled = statistics.median(v.compiled_s)
+            row.update(compiled_step_ms=1000 * compiled, compiled_vs_eager=compiled / step,
+                       compiled_vs_lora=compiled / statistics.median(ref.compiled_s) if ref else None,
+                       compile_s=v.first_compiled_s - compiled)
         rows.append(row)
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     print("| method | r | trainable (%) | step ms | tokens/s | step × LoRA | peak MB | peak × LoRA | "
@@ -707,6 +730,14 @@ def report(variants, args, n_params):
             print(f"{r['method']} r={r['rank']}: activation checkpointing saves {fmt(r['peak_saved_mb'], '.0f')} MB of "
                   f"peak memory ({fmt(plain['peak_mb'], '.0f')} -> {fmt(r['peak_mb'], '.0f')} MB) for "
                   f"{r['step_vs_no_ckpt']:.3f} x the step time")
+    if args.compile:
+        print("| method | r | eager step ms | compiled step ms | compiled × eager | step × LoRA, eager | step × LoRA, "
+              "compiled | compile s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['method']} | {r['rank'] or '-'} | {r['step_ms']:.1f} | {r['compiled_step_ms']:.1f} | "
+                  f"{r['compiled_vs_eager']:.3f} | {fmt(r['step_vs_lora'], '.3f')} | {fmt(r['compiled_vs_lora'], '.3f')} | "
+                  f"{r['compile_s']:.1f} |")
     print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
           f"{args.warmup} warm-up rounds" + ("; CPU time of one thread" if args.clock == "cpu" else ""))
     peft = {r["rank"]: r for r in rows if r["method"] == "dora-peft"}

@@ -8,6 +8,7 @@ traceback. Each tool's entry point is `run(main)`, which also ends a Ctrl-C that
 with one line.
 
 Exit status: 2 for a wrong command line (argparse), 1 for a bad input, 130 for Ctrl-C.
+A machine that cannot build the code of --compile is a bad input too: `compile_errors()` says so in one line.
 """
 import contextlib
 import signal
@@ -22,6 +23,28 @@ def user_input(culprit=None):
     except (ValueError, OSError) as e:
         message = " ".join((str(e) or type(e).__name__).split())  # one line, even for a multi-line message
         sys.exit(f"error: {f'{culprit}: ' if culprit else ''}{message}")
+
+
+@contextlib.contextmanager
+def compile_errors(then="run without --compile"):
+    """Inside this block a torch.compile that cannot build code on this machine (no working C++ compiler for
+    inductor on a CPU, no C compiler for Triton on a GPU) exits with one line that says so, and `then`.
+    Any other compile error is a bug, of torch or of ours: it keeps its traceback, with `then` as a note."""
+    try:
+        yield
+    except Exception as e:
+        import torch._dynamo.exc
+        import torch._inductor.exc
+        if not isinstance(e, torch._dynamo.exc.BackendCompilerFailed):
+            raise
+        cause = e.inner_exception
+        if isinstance(cause, (torch._inductor.exc.InvalidCxxCompiler, torch._inductor.exc.CppCompileError)) or \
+                "C compiler" in str(cause):  # Triton: "Failed to find C compiler. Please specify via CC ..."
+            reason = " ".join(str(cause).split("\n")[0].split())
+            sys.exit(f"error: --compile: torch.compile cannot build code on this machine ({reason}; it needs a C++ "
+                     f"compiler on a CPU, g++ or the one CXX names, and a C compiler on a GPU); {then}")
+        e.add_note(f"--compile: torch.compile failed; {then}")
+        raise
 
 
 def run(main, argv=None):
