@@ -233,8 +233,20 @@ def eps_table(rows):
     return "\n".join(lines)
 
 
-def eps_plot(rows, path):
-    """PERA's gain below the rank-r floor and its polynomial share against ε, log-log."""
+def fine_tuning_eps(log, floor):
+    """Where a train.py PERA run sits on the ε axis: the RMS entry of its s·BA (the last logged
+    lora_rms_median) over that of the rank-r fit of a unit-scale target, √(1 − floor²) (the best rank-r
+    matrix keeps that fraction of ‖T‖_F, and a unit target's RMS entry is 1). Returns (ε, step)."""
+    records = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    last = next((r for r in reversed(records) if "lora_rms_median" in r), None)
+    if last is None:
+        raise ValueError(f"{log}: no lora_rms_median logged (train.py logs it for PERA runs)")
+    return last["lora_rms_median"] / math.sqrt(1 - floor ** 2), last["step"]
+
+
+def eps_plot(rows, path, marks=()):
+    """PERA's gain below the rank-r floor and its polynomial share against ε, log-log; each of `marks` (a
+    train.py PERA run's log.jsonl) a dashed vertical line at the run's ε (fine_tuning_eps)."""
     from experiments.plot import svg_plot
     pera_rows = [r for r in rows if r["method"] == "pera"]
     x = [math.log10(r["eps"]) for r in pera_rows]
@@ -242,6 +254,12 @@ def eps_plot(rows, path):
                "marker": True},
               {"label": "gain below the rank-r floor (floor − error)", "x": x,
                "y": [max(r["gain"], 1e-9) for r in pera_rows], "marker": True}]
+    ys = [y for s in series for y in s["y"]]
+    for log in marks:
+        eps, step = fine_tuning_eps(log, pera_rows[0]["eckart_young_r"])
+        run = "/".join(Path(log).parent.parts[-2:])
+        series.append({"label": f"{run}, step {step}: ε ≈ {eps:.1e}", "x": [math.log10(eps)] * 2,
+                       "y": [min(ys), max(ys)], "dash": True})
     ticks = [(v, f"1e{v:+.0f}".replace("+", "")) for v in range(math.floor(min(x)), math.ceil(max(x)) + 1)]
     first = pera_rows[0]
     Path(path).write_text(svg_plot(series, title=f"PERA against the target's scale ε ({first['target']}, rank "
@@ -263,6 +281,8 @@ def main(argv=None):
                    "table: LoRA and PERA on the first of --targets, one budget (--steps, --lr) for every scale")
     p.add_argument("--json", default=None, help="write the rows to this file")
     p.add_argument("--svg", default=None, help="plot the errors against the floors to this file")
+    p.add_argument("--mark", action="append", default=[], metavar="LOG",
+                   help="with --eps-sweep --svg: mark where this PERA run's update sits on the ε axis (repeatable)")
     args = p.parse_args(argv)
     targets = args.targets.split(",")
     unknown = [t for t in targets if t not in TARGETS]
@@ -286,7 +306,7 @@ def main(argv=None):
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
             if args.svg:
-                eps_plot(rows, args.svg)
+                eps_plot(rows, args.svg, args.mark)
         return rows
     rows = run(targets, out_features, in_features, args.rank, args.steps, args.lr, args.seed, args.tol)
     print(f"Relative error ‖ΔW − T‖_F / ‖T‖_F, {out_features}x{in_features} targets, rank {args.rank}, "
