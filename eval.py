@@ -209,8 +209,10 @@ def table(rows) -> str:
 def run_name(settings):
     if settings is None:
         return "zero-shot"
-    names = {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA', 'dora': 'DoRA', 'loran': 'LoRAN'}
+    names = {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA', 'dora': 'DoRA', 'loran': 'LoRAN', 'hilora': 'HiLoRA'}
     name = f"{names[settings['method']]} r={settings['rank']}"
+    if settings["method"] == "hilora":  # r = r1 + r2, the paper's (r1 = 20, r2 = 12) as r=20+12
+        name += f"+{settings['lora_rank']}"
     if settings["method"] == "pera" and settings["terms"] != "all":
         name += f" ({settings['terms']} only)"
     if settings["method"] == "pera" and settings.get("init", "code") != "code":
@@ -226,8 +228,8 @@ def rank_report(model, settings):
     for PERA the size of its polynomial terms next to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖ (for LoRAN, of
     its sine terms, the same ratio).
 
-    Bounds: LoRA r; PERA r + r(r+1)/2; HiRA and LoRAN none below min(out, in) (W0 ⊙ and the elementwise
-    sine lift the rank); DoRA r + the number of rows whose magnitude moved, since
+    Bounds: LoRA r; PERA r + r(r+1)/2; HiRA, HiLoRA (r1 > 0) and LoRAN none below min(out, in) (W0 ⊙ and
+    the elementwise sine lift the rank), HiLoRA at r1 = 0 its r2; DoRA r + the number of rows whose magnitude moved, since
     ΔW = (m/n − 1) ⊙ W0 + (m/n) ⊙ s·BA and a row with m = n adds no W0 row."""
     rows = []
     for name, layer in adapters.adapter_layers(model, settings["method"]).items():
@@ -243,6 +245,7 @@ def rank_report(model, settings):
             bound = r + int((layer.m / layer.weight_norm() != 1).sum())
         else:
             bound = {"lora": r, "hira": min(dw.shape), "loran": min(dw.shape),
+                     "hilora": min(dw.shape) if r else settings.get("lora_rank"),
                      "pera": r + len(getattr(layer, "h", []))}[method]
         row = {"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
                "bound": min(bound, min(dw.shape))}

@@ -40,10 +40,10 @@ from tokenizer import Tokenizer
 # The papers' values; HiRA needs ~10x LoRA's. DoRA: 1e-4 as its authors' commonsense runs on LLaMA-7B (r = 32)
 # and LLaMA3-8B (NVlabs/DoRA, commonsense_reasoning/README.md; their other runs used 2e-4). LoRAN's authors
 # give no commonsense learning rate: LoRA's.
-DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1e-4}
+DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1e-4, "hilora": 1e-3}
 # The HiRA authors' code applies no dropout; DoRA's commonsense runs use LLM-Adapters' 0.05; LoRAN's
 # released run (20-Newsgroups, Llama-2-7B) 0.2.
-DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2}
+DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2, "hilora": 0.0}
 TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight tasks' training data, as the papers use
 
 
@@ -55,10 +55,14 @@ def parse_args(argv=None):
     p.add_argument("--train-file", default=None, help=f"one JSON file of training records, 'none' for the per-task "
                    f"sets (default: <data>/{TRAIN_MIX} when present and --tasks is not given)")
     p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
-    p.add_argument("--rank", type=int, default=16, help="r")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default alpha = r)")
+    p.add_argument("--rank", type=int, default=16, help="r (HiLoRA: r1, its Hadamard part's)")
+    p.add_argument("--lora-rank", type=int, default=None, help="HiLoRA's r2, the rank of its LoRA part (needed by "
+                   "--method hilora, and only by it)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default alpha = r); "
+                   "HiLoRA's LoRA part's alpha / r2 (default alpha = r2)")
     p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
-                   "as their papers; 0 for HiRA, as its authors' code; 0.2 for LoRAN, as its authors' released run)")
+                   "as their papers; 0 for HiRA, as its authors' code, and HiLoRA, the HiRA paper's extension run in "
+                   "HiRA's setup; 0.2 for LoRAN, as its authors' released run)")
     p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
     p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
     p.add_argument("--init", choices=["code", "paper"], default="code",
@@ -74,7 +78,7 @@ def parse_args(argv=None):
                    "their 20-Newsgroups run: 1e4)")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
-                   "paper; 1e-3 HiRA, as its paper; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
+                   "paper; 1e-3 HiRA, as its paper, and HiLoRA, whose Hadamard part needs HiRA's; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
                    "commonsense runs; 1e-4 LoRAN, LoRA's, its paper giving none for this task)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
     p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward pass (gradient accumulation)")
@@ -104,7 +108,8 @@ def parse_args(argv=None):
     args.lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
     args.micro_batch_size = args.micro_batch_size or args.batch_size
     args.save_every = args.save_every or args.eval_every
-    args.out = args.out or f"runs/{args.method}-r{args.rank}"
+    r2 = f"+{args.lora_rank}" if args.lora_rank is not None else ""  # HiLoRA: runs/hilora-r<r1>+<r2>
+    args.out = args.out or f"runs/{args.method}-r{args.rank}{r2}"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
     if args.train_file == "none":
@@ -114,7 +119,12 @@ def parse_args(argv=None):
     elif args.train_file is not None and args.tasks is not None:
         p.error("--train-file and --tasks exclude each other")
     problems = [f"--{name} must be positive" for name in ("rank", "batch_size", "micro_batch_size", "eval_every")
-                if getattr(args, name) < 1]
+                if getattr(args, name) < 1 and not (name == "rank" and args.method == "hilora")]
+    if args.method == "hilora" and (args.lora_rank is None or min(args.rank, args.lora_rank) < 0
+                                    or args.rank + args.lora_rank < 1):
+        problems.append("--method hilora needs --rank R1 and --lora-rank R2, not negative, one of them positive")
+    if args.method != "hilora" and args.lora_rank is not None:
+        problems.append(f"--lora-rank is HiLoRA's (the rank of its LoRA part), not {args.method}'s")
     if args.batch_size % args.micro_batch_size:
         problems.append(f"--batch-size ({args.batch_size}) must be a multiple of --micro-batch-size ({args.micro_batch_size})")
     if args.max_steps is not None and args.max_steps < 1:
@@ -334,7 +344,8 @@ def setup(args):
         model.grad_checkpoint = args.grad_checkpoint
         check_vocabulary(tokenizer, model, model_dir)
         spec = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                                 args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega)
+                                 args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega,
+                                 lora_rank=args.lora_rank)
         adapters.inject(model, spec)
     model.train()
     n_trainable, n_total = parameter_counts(model)
@@ -516,6 +527,8 @@ def summarize(args, run, step, best, history, clock, seconds):
                "seconds_this_session": round(seconds, 1), "seconds": round(clock["seconds"], 1),
                "seconds_per_step": round(clock["seconds"] / max(1, step), 3),
                "tokens_per_second": round(clock["tokens"] / max(clock["seconds"], 1e-9), 1), "device": str(run.device)}
+    if args.lora_rank is not None:  # HiLoRA's r2
+        metrics["lora_rank"] = args.lora_rank
     if run.rank == 0:
         adapters.write_json(run.out / "metrics.json", metrics)
     if run.world > 1:

@@ -1,11 +1,13 @@
-"""The five methods behind one name each, and their files on disk in Hugging Face PEFT's layout.
+"""The methods behind one name each, and their files on disk in Hugging Face PEFT's layout.
 
 `adapter_model.safetensors` + `adapter_config.json`: for LoRA, HiRA and DoRA the key names and config
 fields are PEFT's own (`base_model.model.<layer>.lora_A.weight`, `peft_type: "LORA"`; `...hira_A`,
 `peft_type: "HIRA"`; DoRA is PEFT's LoRA with `use_dora: true` and a `...lora_magnitude_vector`), so
 `PeftModel.from_pretrained` loads them onto the transformers model. PEFT has no PERA and no LoRAN; their
 files follow the same style: `peft_type: "PERA"` with `pera_A`, `pera_B`, `pera_h`, and
-`peft_type: "LORAN"` with `loran_A`, `loran_B` and the `amplitude` and `omega` fields.
+`peft_type: "LORAN"` with `loran_A`, `loran_B` and the `amplitude` and `omega` fields; HiLoRA (hira.py with
+a LoRA part) `peft_type: "HILORA"` with HiRA's `hira_A`, `hira_B` and LoRA's `lora_A.weight`, `lora_B.weight`,
+`r` (r1), `lora_r` (r2), `lora_alpha` (null at r2 = 0) and `hilora_dropout`; a part of rank 0 has no tensors.
 """
 import json
 import os
@@ -18,10 +20,11 @@ import loran
 import pera
 from support.safetensors_io import load_safetensors, save_safetensors
 
-METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran}
+METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran, "hilora": hira}
 CLASSES = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,
-           "loran": loran.LoRANLinear}
-PEFT_TYPES = {"lora": "LORA", "hira": "HIRA", "pera": "PERA", "dora": "LORA", "loran": "LORAN"}  # DoRA: LORA + use_dora
+           "loran": loran.LoRANLinear, "hilora": hira.HiRALinear}
+PEFT_TYPES = {"lora": "LORA", "hira": "HIRA", "pera": "PERA", "dora": "LORA", "loran": "LORAN",
+              "hilora": "HILORA"}  # DoRA: LORA + use_dora
 # our parameter name -> the suffix PEFT gives it after the layer's name
 TENSOR_KEYS = {
     "lora": {"A": "lora_A.weight", "B": "lora_B.weight"},
@@ -29,18 +32,24 @@ TENSOR_KEYS = {
     "pera": {"A": "pera_A", "B": "pera_B", "h": "pera_h"},
     "dora": {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"},
     "loran": {"A": "loran_A", "B": "loran_B"},
+    "hilora": {"A": "hira_A", "B": "hira_B", "lora_A": "lora_A.weight", "lora_B": "lora_B.weight"},
 }
 DEFAULT_TARGETS = lora.TARGETS  # the same tuple in all five adapter files (tests/test_shared_parts.py)
 
 
 def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, terms="all", degree=2, init="code",
-             h_lr_ratio=1.0, amplitude=5e-4, omega=1e3) -> dict:
+             h_lr_ratio=1.0, amplitude=5e-4, omega=1e3, lora_rank=0) -> dict:
     """Everything that defines an adapter's shape and function, checked once; for PERA also how it was
     trained (its init and h's learning-rate ratio), which a reader of the adapter needs to know."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
     spec = {"method": method, "rank": int(rank), "targets": list(targets), "dropout": float(dropout)}
-    if method != "hira":  # HiRA has no alpha / r scaling
+    if method == "hilora":  # rank is r1 (the Hadamard part); alpha scales the LoRA part, alpha / r2
+        if alpha is not None and not lora_rank:
+            raise ValueError(f"alpha ({alpha}) scales HiLoRA's LoRA part, alpha / lora_rank: none at lora_rank 0")
+        alpha = float(alpha if alpha is not None else lora_rank) if lora_rank else None
+        spec.update(lora_rank=int(lora_rank), alpha=alpha)
+    elif method != "hira":  # HiRA has no alpha / r scaling
         spec["alpha"] = float(alpha if alpha is not None else rank)
     if method == "pera":
         if init not in pera.INITS:
@@ -53,7 +62,8 @@ def settings(method, rank, targets=DEFAULT_TARGETS, alpha=None, dropout=0.0, ter
 
 def inject(model, spec: dict) -> list:
     """Wrap the target linears of `model` with the method's adapter; freeze everything else."""
-    kw = {k: spec[k] for k in ("alpha", "dropout", "terms", "degree", "init", "amplitude", "omega") if k in spec}
+    kw = {k: spec[k] for k in ("alpha", "dropout", "terms", "degree", "init", "amplitude", "omega", "lora_rank")
+          if k in spec}
     return METHODS[spec["method"]].inject(model, spec["rank"], targets=tuple(spec["targets"]), **kw)
 
 
@@ -63,6 +73,13 @@ def merge(model, method):
 
 def adapter_layers(model, method) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, CLASSES[method])}
+
+
+def file_tensors(model, method) -> dict:
+    """The adapter's parameters by their key in adapter_model.safetensors; a part of rank 0 (HiLoRA's) has none."""
+    return {f"base_model.model.{name}.{theirs}": getattr(layer, ours)
+            for name, layer in adapter_layers(model, method).items()
+            for ours, theirs in TENSOR_KEYS[method].items() if getattr(layer, ours) is not None}
 
 
 def peft_config(spec: dict, base_model: str) -> dict:
@@ -79,6 +96,8 @@ def peft_config(spec: dict, base_model: str) -> dict:
     elif method == "loran":
         config.update(loran_alpha=spec["alpha"], loran_dropout=spec["dropout"], amplitude=spec["amplitude"],
                       omega=spec["omega"])
+    elif method == "hilora":
+        config.update(lora_r=spec["lora_rank"], lora_alpha=spec["alpha"], hilora_dropout=spec["dropout"])
     else:
         config.update(pera_alpha=spec["alpha"], pera_dropout=spec["dropout"], terms=spec["terms"],
                       degree=spec["degree"], init=spec["init"], h_lr_ratio=spec["h_lr_ratio"])
@@ -92,7 +111,7 @@ def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
                          f"{', '.join(dict.fromkeys(PEFT_TYPES.values()))}")
     if method == "lora" and config.get("use_dora"):
         method = "dora"
-    for key in ("r", "target_modules"):
+    for key in ("r", "target_modules") + (("lora_r",) if method == "hilora" else ()):
         if key not in config:
             raise ValueError(f"{path}: missing field '{key}'")
     if method in ("lora", "dora") and (config.get("use_rslora") or config.get("bias", "none") != "none"):
@@ -100,21 +119,19 @@ def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
     targets = config["target_modules"]
     targets = [targets] if isinstance(targets, str) else targets
     prefix = "lora" if method == "dora" else method  # PEFT's DoRA keeps LoRA's field names
-    return settings(method, config["r"], targets, alpha=config.get(f"{prefix}_alpha"),
+    alpha = config.get("lora_alpha" if method == "hilora" else f"{prefix}_alpha")  # HiLoRA: its LoRA part's
+    return settings(method, config["r"], targets, alpha=alpha,
                     dropout=config.get(f"{prefix}_dropout", 0.0), terms=config.get("terms", "all"),
                     degree=config.get("degree", 2), init=config.get("init", "code"),
                     h_lr_ratio=config.get("h_lr_ratio", 1.0), amplitude=config.get("amplitude", 5e-4),
-                    omega=config.get("omega", 1e3))
+                    omega=config.get("omega", 1e3), lora_rank=config.get("lora_r", 0))
 
 
 def save_adapter(model, folder, spec: dict, base_model: str):
     """Write adapter_model.safetensors and adapter_config.json into folder, each atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, layer in adapter_layers(model, spec["method"]).items():
-        for ours, theirs in TENSOR_KEYS[spec["method"]].items():
-            tensors[f"base_model.model.{name}.{theirs}"] = getattr(layer, ours).detach().float()
+    tensors = {key: p.detach().float() for key, p in file_tensors(model, spec["method"]).items()}
     save_safetensors(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
     write_json(folder / "adapter_config.json", peft_config(spec, base_model))
 
@@ -131,10 +148,7 @@ def load_adapter(model, folder) -> dict:
         raise ValueError(f"{config_file}: invalid JSON ({e})") from None
     tensors = load_safetensors(folder / "adapter_model.safetensors")
     inject(model, spec)
-    expected = {}
-    for name, layer in adapter_layers(model, spec["method"]).items():
-        for ours, theirs in TENSOR_KEYS[spec["method"]].items():
-            expected[f"base_model.model.{name}.{theirs}"] = getattr(layer, ours)
+    expected = file_tensors(model, spec["method"])
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{folder / 'adapter_model.safetensors'}: does not fit the model: "

@@ -40,7 +40,7 @@ STATE_FILE = Path("checkpoint") / "state.pt"  # inside --out
 TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
 # Arguments that define a run: --resume refuses to continue a run with different ones.
 RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "amplitude", "omega",
-                "targets", "lr",
+                "lora_rank", "targets", "lr",
                 "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
                 "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio", "train_file", "precision")
 RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0, "amplitude": 5e-4, "omega": 1e3}  # what a run saved before

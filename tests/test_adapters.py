@@ -551,7 +551,9 @@ def test_dora_fast_forward_is_the_plain_one(bias):
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, terms="cubic"), ValueError, "terms"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 1, terms="cross"), ValueError, "cross"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, degree=1), ValueError, "degree"),
-    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), TypeError, "alpha"),  # HiRA has no scaling
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), ValueError, "lora_rank 0"),  # HiRA has no scaling:
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 0, lora_rank=0), ValueError, "rank"),  # alpha is HiLoRA's LoRA part's
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, lora_rank=-1), ValueError, "lora_rank"),
     (lambda: dora.DoRALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
     (lambda: dora.DoRALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
     (lambda: dora.DoRALinear(nn.Linear(4, 4), 2, dropout=-0.1), ValueError, "dropout"),
