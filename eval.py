@@ -222,6 +222,15 @@ def run_name(settings):
     return name
 
 
+def ranks(dw):
+    """(rank, effective rank) of a matrix: the singular values above σ_max · max(shape) · ε (numpy's and torch's
+    matrix_rank rule), and exp(−Σ p log p) with p = σ / Σσ over σ > 0 (Roy & Vetterli 2007); (0, 0.0) for zero."""
+    s = torch.linalg.svdvals(dw)
+    rank = int((s > s.max() * max(dw.shape) * torch.finfo(dw.dtype).eps).sum()) if s.max() > 0 else 0
+    p = s[s > 0] / s.sum()
+    return rank, float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0
+
+
 @torch.no_grad()
 def rank_report(model, settings):
     """Per adapted layer: rank and effective rank of ΔW (in float64), the method's bound on the rank, and
@@ -235,10 +244,7 @@ def rank_report(model, settings):
     for name, layer in adapters.adapter_layers(model, settings["method"]).items():
         layer = copy.deepcopy(layer).double()  # a float64 copy: rank is sensitive to rounding
         dw = layer.delta_weight()
-        s = torch.linalg.svdvals(dw)
-        rank = int((s > s.max() * max(dw.shape) * torch.finfo(torch.float64).eps).sum()) if s.max() > 0 else 0
-        p = s[s > 0] / s.sum()
-        erank = float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0  # Roy & Vetterli 2007
+        rank, erank = ranks(dw)
         r = settings["rank"]
         method = settings["method"]
         if method == "dora":
