@@ -48,7 +48,8 @@ class HiRALinear(nn.Module):
             raise TypeError(f"HiRALinear wraps an nn.Linear, got {type(base).__name__}")
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
             raise ValueError(f"lora_rank must be a non-negative integer, got {lora_rank!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < (0 if lora_rank else 1):  # HiLoRA: r1 = 0 is LoRA
+        # HiLoRA may drop its Hadamard part (r1 = 0: LoRA)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < (0 if lora_rank else 1):
             raise ValueError(f"rank must be a {'non-negative' if lora_rank else 'positive'} integer, got {rank!r}")
         if alpha is not None and not lora_rank:
             raise ValueError(f"alpha ({alpha}) scales HiLoRA's LoRA part, alpha / lora_rank: none at lora_rank 0")
@@ -90,15 +91,14 @@ class HiRALinear(nn.Module):
     def delta_weight(self):
         """ΔW = W0 ⊙ (B A) [+ s · lora_B lora_A], shaped like base.weight, in float32 (float64 for a float64
         adapter) even under autocast."""
-        some = self.A if self.A is not None else self.lora_A
-        dtype = torch.promote_types(some.dtype, torch.float32)
-        with torch.autocast(some.device.type, enabled=False):
+        own = self.A if self.A is not None else self.lora_A  # a parameter of the adapter: its dtype and device
+        dtype = torch.promote_types(own.dtype, torch.float32)
+        with torch.autocast(own.device.type, enabled=False):
+            lora = None if self.lora_A is None else self.scaling * (self.lora_B.to(dtype) @ self.lora_A.to(dtype))
             if self.A is None:  # r1 = 0: lora.py's ΔW
-                return self.scaling * (self.lora_B.to(dtype) @ self.lora_A.to(dtype))
-            delta = self.base.weight.to(dtype) * (self.B.to(dtype) @ self.A.to(dtype))
-            if self.lora_A is not None:
-                delta = delta + self.scaling * (self.lora_B.to(dtype) @ self.lora_A.to(dtype))
-            return delta
+                return lora
+            hadamard = self.base.weight.to(dtype) * (self.B.to(dtype) @ self.A.to(dtype))
+            return hadamard if lora is None else hadamard + lora
 
     @torch.no_grad()
     def merged(self):

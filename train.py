@@ -61,8 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default alpha = r); "
                    "HiLoRA's LoRA part's alpha / r2 (default alpha = r2)")
     p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
-                   "as their papers; 0 for HiRA, as its authors' code, and HiLoRA, the HiRA paper's extension run in "
-                   "HiRA's setup; 0.2 for LoRAN, as its authors' released run)")
+                   "as their papers; 0 for HiRA, as its authors' code, and HiLoRA, to which the HiRA paper gives no "
+                   "settings of its own; 0.2 for LoRAN, as its authors' released run)")
     p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
     p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
     p.add_argument("--init", choices=["code", "paper"], default="code",
@@ -349,7 +349,8 @@ def setup(args):
         adapters.inject(model, spec)
     model.train()
     n_trainable, n_total = parameter_counts(model)
-    say(f"{args.method} r={args.rank}: trainable params {n_trainable:,} of {n_total:,} "
+    r2 = f"+{args.lora_rank}" if args.lora_rank is not None else ""  # HiLoRA: r1+r2
+    say(f"{args.method} r={args.rank}{r2}: trainable params {n_trainable:,} of {n_total:,} "
         f"({100 * n_trainable / n_total:.4f}%)")
     # Several processes: DDP averages the adapter's gradients over them after each global batch. Every process
     # made the same adapter from the same seed, so no initial broadcast of the (large) frozen model is needed.

@@ -16,6 +16,10 @@ a separate process that builds the model and runs the variant alone. Inference i
 through the model, logits at the last position, no_grad) with each adapter merged, against the model
 without adapters.
 
+"hilora" at rank r is HiLoRA with r1 = r − r//2, r2 = r//2 (2 + 2 at r = 4: LoRA's parameters at r); its row also
+gives its step as a multiple of HiRA's at r1 plus LoRA's at r2 less the frozen model's, when those ran too
+(`--ranks 2,4 --methods none,lora,hira,hilora`).
+
 "dora-peft" is Hugging Face PEFT's DoRA computation (peft 0.21, DoraLinearLayer / DoraLinearVariant),
 re-implemented here so that this script needs no peft and times both DoRAs on the same model code; each
 DoRA row then also gets its step time as a multiple of PEFT's.
@@ -63,7 +67,7 @@ SHAPES = {
 }
 VARIANTS = {"none": ("none", {}), "lora": ("lora", {}), "hira": ("hira", {}), "pera": ("pera", {}),
             "pera-square": ("pera", {"terms": "square"}), "pera-cross": ("pera", {"terms": "cross"}),
-            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {})}
+            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {}), "hilora": ("hilora", {})}
 
 
 class PeftDoRALinear(dora.DoRALinear):
@@ -93,6 +97,11 @@ class PeftDoRALinear(dora.DoRALinear):
 
 
 REFERENCES = {"dora-peft": PeftDoRALinear}  # re-implementations of other libraries' layers, by variant name
+
+
+def split(method, rank, kw):
+    """The rank and arguments a variant at rank r is built with: HiLoRA's r1 = r − r//2 and lora_rank r2 = r//2."""
+    return (rank - rank // 2, {**kw, "lora_rank": rank // 2}) if method == "hilora" else (rank, kw)
 
 
 def parse_args(argv=None):
@@ -178,7 +187,7 @@ def variant_list(args):
     for r in args.ranks:
         for m in args.methods:
             method, kw = VARIANTS[m]
-            if method != "none" and not (kw.get("terms") == "cross" and r == 1):
+            if method != "none" and not (kw.get("terms") == "cross" and r == 1) and not (method == "hilora" and r < 2):
                 out.append((m, method, r, kw))
     if getattr(args, "grad_checkpoint", False):
         out += [(label + "+ckpt", method, r, kw) for label, method, r, kw in out if method != "none"]
@@ -193,6 +202,7 @@ def make_adapters(model, method, rank, kw, targets):
     """{layer name: adapter around the model's own linear}: every variant shares the base weights."""
     torch.manual_seed(rank)
     cls = REFERENCES.get(method) or adapters.CLASSES[method]
+    rank, kw = split(method, rank, kw)
     layers = {name: cls(module, rank, **kw) for name, module in base_layers(model, targets).items()}
     with torch.no_grad():  # a trained-looking adapter, not the zero update of a fresh one
         for layer in layers.values():
@@ -328,8 +338,9 @@ def fake_model(args, config, layers=None):
     finally:
         torch.set_default_dtype(default)
     method, kw = VARIANTS[args.method]
+    rank, kw = split(method, args.rank, kw)  # HiLoRA: r1 and its lora_rank
     dropout = DEFAULT_DROPOUT[method] if args.dropout is None else args.dropout
-    adapters.inject(model, adapters.settings(method, args.rank, args.targets, dropout=dropout, **kw))
+    adapters.inject(model, adapters.settings(method, rank, args.targets, dropout=dropout, **kw))
     model.grad_checkpoint = args.grad_checkpoint
     return model.train()
 
@@ -428,11 +439,12 @@ def _measure_probe(arg_dict, warm_up=True):
     finally:
         torch.set_default_dtype(default)
     method, kw = VARIANTS[args.method]
+    rank, kw = split(method, args.rank, kw)  # HiLoRA: r1 and its lora_rank
     dropout = DEFAULT_DROPOUT[method] if args.dropout is None else args.dropout
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
-    adapters.inject(model, adapters.settings(method, args.rank, args.targets, dropout=dropout, **kw))
+    adapters.inject(model, adapters.settings(method, rank, args.targets, dropout=dropout, **kw))
     model.grad_checkpoint = args.grad_checkpoint
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -688,13 +700,16 @@ def report(variants, args, n_params):
                "peak_vs_lora": max(v.peak_mb) / max(ref.peak_mb) if ref and v.peak_mb else None,
                "merged_infer_ms": 1000 * infer,
                "infer_vs_none": infer / statistics.median(none.infer_s) if none else None}
+        if v.method == "hilora":  # r = r1 + r2
+            row["lora_rank"] = split(v.method, v.rank, {})[1]["lora_rank"]
         rows.append(row)
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     print("| method | r | trainable (%) | step ms | tokens/s | step × LoRA | peak MB | peak × LoRA | "
           "merged infer ms | infer × none |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['rank'] or '-'} | {r['trainable']:,} ({r['trainable_percent']:.3f}) | "
+        ranks = f"{r['rank'] - r['lora_rank']}+{r['lora_rank']}" if "lora_rank" in r else r["rank"] or "-"
+        print(f"| {r['method']} | {ranks} | {r['trainable']:,} ({r['trainable_percent']:.3f}) | "
               f"{r['step_ms']:.1f} | {r['tokens_per_s']:.0f} | {fmt(r['step_vs_lora'], '.3f')} | "
               f"{fmt(r['peak_mb'], '.0f')} | {fmt(r['peak_vs_lora'], '.3f')} | {r['merged_infer_ms']:.1f} | "
               f"{fmt(r['infer_vs_none'], '.3f')} |")
@@ -707,6 +722,13 @@ def report(variants, args, n_params):
             print(f"{r['method']} r={r['rank']}: activation checkpointing saves {fmt(r['peak_saved_mb'], '.0f')} MB of "
                   f"peak memory ({fmt(plain['peak_mb'], '.0f')} -> {fmt(r['peak_mb'], '.0f')} MB) for "
                   f"{r['step_vs_no_ckpt']:.3f} x the step time")
+    for r in rows:  # HiLoRA against its parts: HiRA at r1 plus LoRA at r2, less the frozen model's step they both hold
+        r1, r2 = r["rank"] - r.get("lora_rank", 0), r.get("lora_rank")
+        parts = [by_label.get(key) for key in (("hira", r1), ("lora", r2), ("none", 0))]
+        if r2 and all(parts):
+            r["parts_ms"] = parts[0]["step_ms"] + parts[1]["step_ms"] - parts[2]["step_ms"]
+            r["step_vs_parts"] = r["step_ms"] / r["parts_ms"]
+            print(f"hilora r={r1}+{r2}: training step {r['step_vs_parts']:.3f} × (HiRA r={r1} + LoRA r={r2} − none)")
     print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
           f"{args.warmup} warm-up rounds" + ("; CPU time of one thread" if args.clock == "cpu" else ""))
     peft = {r["rank"]: r for r in rows if r["method"] == "dora-peft"}

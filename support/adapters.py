@@ -120,11 +120,14 @@ def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
     targets = [targets] if isinstance(targets, str) else targets
     prefix = "lora" if method == "dora" else method  # PEFT's DoRA keeps LoRA's field names
     alpha = config.get("lora_alpha" if method == "hilora" else f"{prefix}_alpha")  # HiLoRA: its LoRA part's
-    return settings(method, config["r"], targets, alpha=alpha,
-                    dropout=config.get(f"{prefix}_dropout", 0.0), terms=config.get("terms", "all"),
-                    degree=config.get("degree", 2), init=config.get("init", "code"),
-                    h_lr_ratio=config.get("h_lr_ratio", 1.0), amplitude=config.get("amplitude", 5e-4),
-                    omega=config.get("omega", 1e3), lora_rank=config.get("lora_r", 0))
+    try:  # a value settings() refuses (an unknown init, a lora_alpha beside lora_r 0) is this file's
+        return settings(method, config["r"], targets, alpha=alpha,
+                        dropout=config.get(f"{prefix}_dropout", 0.0), terms=config.get("terms", "all"),
+                        degree=config.get("degree", 2), init=config.get("init", "code"),
+                        h_lr_ratio=config.get("h_lr_ratio", 1.0), amplitude=config.get("amplitude", 5e-4),
+                        omega=config.get("omega", 1e3), lora_rank=config.get("lora_r", 0))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def save_adapter(model, folder, spec: dict, base_model: str):

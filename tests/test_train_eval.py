@@ -12,7 +12,7 @@ import eval as evaluate
 import merge
 import train
 from model import Transformer
-from support import adapters, commonsense
+from support import adapters, cli, commonsense
 from support.safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
@@ -568,3 +568,12 @@ def test_hilora_rank_report_and_file_round_trip(stories_dir, data_dir, tmp_path)
     t = {k: tensors[f"base_model.model.{layer}.{k}"] for k in ("hira_A", "hira_B", "lora_A.weight", "lora_B.weight")}
     expected = q.base.weight * (t["hira_B"] @ t["hira_A"]) + 2.0 * t["lora_B.weight"] @ t["lora_A.weight"]
     assert torch.equal(q.delta_weight(), expected)
+    # a config that lacks r2, or gives an alpha to a LoRA part of rank 0: one line naming the file and the field
+    config_file = out / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    for bad, message in [({k: v for k, v in config.items() if k != "lora_r"}, "missing field 'lora_r'"),
+                         ({**config, "lora_r": 0}, "alpha (4.0) scales HiLoRA's LoRA part")]:
+        config_file.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit) as e:
+            cli.run(evaluate.main, ["--adapter", str(out), "--rank-report", "--device", "cpu"])
+        assert e.value.code.startswith(f"error: {config_file}: {message}")
