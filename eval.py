@@ -36,18 +36,16 @@ def parse_args(argv=None):
     p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model zero-shot)")
     p.add_argument("--data", default="data/commonsense", help="folder of <task>/test.json files")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every test set present)")
-    p.add_argument("--limit", type=int, default=None, help="first N examples of each task")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=cli.POSITIVE_INT, default=None, help="first N examples of each task")
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16)
     p.add_argument("--mode", choices=["generate", "loglik"], default="generate")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=32)
     p.add_argument("--merge", action="store_true", help="fold the adapter into the weights before evaluating")
     p.add_argument("--out", default=None, help="output folder (default: <adapter>/eval-<mode>, or runs/zero-shot/eval-<mode>)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--rank-report", action="store_true", help="report rank and effective rank of each ΔW, then exit")
     p.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="print these results files as one table, then exit")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.max_new_tokens < 1:
-        p.error("--batch-size, --limit and --max-new-tokens must be positive")
     if (args.merge or args.rank_report) and not args.adapter:
         p.error("--merge and --rank-report need --adapter")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -317,7 +315,9 @@ def main(argv=None):
     result = {"name": run_name(settings), "model": str(args.model), "adapter": args.adapter, "mode": args.mode,
               "merged": args.merge, "limit": args.limit, "tasks": {}}
     if args.adapter and (Path(args.adapter) / "metrics.json").is_file():
-        result["trainable_percent"] = json.loads((Path(args.adapter) / "metrics.json").read_text()).get("trainable_percent")
+        metrics = Path(args.adapter) / "metrics.json"
+        with cli.user_input(metrics):
+            result["trainable_percent"] = trainable_percent(json.loads(metrics.read_text()))
     start = time.time()
     with open(out / "predictions.jsonl.tmp", "w") if rank == 0 else open(os.devnull, "w") as f, \
             tqdm(total=sum(len(r[rank::world]) for r in data.values()), desc=args.mode, disable=rank != 0) as bar:
@@ -362,13 +362,33 @@ def main(argv=None):
     return result
 
 
+def trainable_percent(metrics):
+    """train.py's metrics.json: its trainable_percent, a number or null."""
+    if not isinstance(metrics, dict) or not (metrics.get("trainable_percent") is None
+                                             or cli.NON_NEGATIVE.ok(metrics["trainable_percent"])):
+        raise ValueError("expected train.py's JSON object, with 'trainable_percent' a number or null")
+    return metrics.get("trainable_percent")
+
+
 def read_results(path):
+    """An eval.py results.json, with what table() reads checked: a bad one is an error naming the file and the key."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON, or not UTF-8
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(result, dict) or not {"name", "tasks", "average"} <= set(result):
         raise ValueError(f"{path}: not an eval.py results.json")
+    tasks = result["tasks"] if isinstance(result["tasks"], dict) else None
+    number = lambda v: cli.NON_NEGATIVE.ok(v)  # noqa: E731
+    checks = [("name", isinstance(result["name"], str)), ("tasks", tasks is not None),
+              *((f"tasks.{t}.accuracy", isinstance(r, dict) and number(r.get("accuracy")))
+                for t, r in (tasks or {}).items()),
+              ("average", number(result["average"])),
+              ("trainable_percent", result.get("trainable_percent") is None or number(result["trainable_percent"]))]
+    wrong = next((key for key, ok in checks if not ok), None)
+    if wrong:
+        raise ValueError(f"{path}: '{wrong}' is missing or not what eval.py writes (name: text; tasks: an object of "
+                         f"tasks, each with a number accuracy; average and trainable_percent: numbers)")
     return result
 
 

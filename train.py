@@ -55,47 +55,51 @@ def parse_args(argv=None):
     p.add_argument("--train-file", default=None, help=f"one JSON file of training records, 'none' for the per-task "
                    f"sets (default: <data>/{TRAIN_MIX} when present and --tasks is not given)")
     p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
-    p.add_argument("--rank", type=int, default=16, help="r (HiLoRA: r1, its Hadamard part's)")
-    p.add_argument("--lora-rank", type=int, default=None, help="HiLoRA's r2, the rank of its LoRA part (needed by "
+    p.add_argument("--rank", type=cli.COUNT, default=16, help="r (HiLoRA: r1, its Hadamard part's, which may be 0)")
+    p.add_argument("--lora-rank", type=cli.COUNT, default=None, help="HiLoRA's r2, the rank of its LoRA part (needed by "
                    "--method hilora, and only by it)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default alpha = r); "
-                   "HiLoRA's LoRA part's alpha / r2 (default alpha = r2)")
-    p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
+    p.add_argument("--alpha", type=cli.NONZERO, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default "
+                   "alpha = r); HiLoRA's LoRA part's alpha / r2 (default alpha = r2)")
+    p.add_argument("--dropout", type=cli.DROPOUT, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
                    "as their papers; 0 for HiRA, as its authors' code, and HiLoRA, to which the HiRA paper gives no "
                    "settings of its own; 0.2 for LoRAN, as its authors' released run)")
     p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
-    p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
+    p.add_argument("--degree", type=cli.Number(int, low=2), default=2, help="PERA's polynomial degree")
     p.add_argument("--init", choices=["code", "paper"], default="code",
                    help="PERA's init: the authors' code (A Kaiming, B = 0) or the paper's text (A = 0, B Gaussian)")
-    p.add_argument("--h-lr-ratio", type=float, default=1.0,
+    p.add_argument("--h-lr-ratio", type=cli.POSITIVE, default=1.0,
                    help="PERA: h's learning rate is this times --lr (its own AdamW group, same schedule)")
-    p.add_argument("--pera-log-every", type=int, default=5,
+    p.add_argument("--pera-log-every", type=cli.POSITIVE_INT, default=5,
                    help="PERA: log the polynomial share, max |h| and h's gradient norm every N steps (and at the "
                         "last); one record costs 0.5-1.3 %% of a SmolLM2-135M step (study.py log-cost)")
-    p.add_argument("--amplitude", type=float, default=5e-4, help="LoRAN's Sinter amplitude λ (the authors' default; "
+    p.add_argument("--amplitude", type=cli.FINITE, default=5e-4, help="LoRAN's Sinter amplitude λ (the authors' default; "
                    "their 20-Newsgroups run: 5e-5)")
-    p.add_argument("--omega", type=float, default=1e3, help="LoRAN's Sinter frequency ω (the authors' default; "
+    p.add_argument("--omega", type=cli.FINITE, default=1e3, help="LoRAN's Sinter frequency ω (the authors' default; "
                    "their 20-Newsgroups run: 1e4)")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
+    p.add_argument("--lr", type=cli.POSITIVE, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
                    "paper; 1e-3 HiRA, as its paper, and HiLoRA, whose Hadamard part needs HiRA's; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
                    "commonsense runs; 1e-4 LoRAN, LoRA's, its paper giving none for this task)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
-    p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward pass (gradient accumulation)")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    p.add_argument("--warmup-steps", type=int, default=100,
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16, help="examples per optimizer step")
+    p.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
+                   help="examples per forward pass (gradient accumulation)")
+    p.add_argument("--epochs", type=cli.POSITIVE, default=3.0)
+    p.add_argument("--max-steps", type=cli.POSITIVE_INT, default=None, help="optimizer steps; overrides --epochs")
+    p.add_argument("--warmup-steps", type=cli.COUNT, default=100,
                    help="linear warm-up steps, at most a tenth of the run (so that a short run still reaches --lr)")
-    p.add_argument("--eval-every", type=int, default=200, help="validation loss every N steps (and at the end)")
-    p.add_argument("--save-every", type=int, default=None, help="resumable state every N steps (default: --eval-every)")
-    p.add_argument("--val-size", type=int, default=120, help="examples held out of the training mix")
-    p.add_argument("--cutoff", type=int, default=commonsense.PROMPT_CUTOFF, help="prompt tokens kept")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--eval-every", type=cli.POSITIVE_INT, default=200,
+                   help="validation loss every N steps (and at the end)")
+    p.add_argument("--save-every", type=cli.POSITIVE_INT, default=None,
+                   help="resumable state every N steps (default: --eval-every)")
+    p.add_argument("--val-size", type=cli.COUNT, default=120, help="examples held out of the training mix")
+    p.add_argument("--cutoff", type=cli.POSITIVE_INT, default=commonsense.PROMPT_CUTOFF,
+                   help="prompt tokens kept (at least the template's, to the end of \"### Response:\")")
+    p.add_argument("--weight-decay", type=cli.NON_NEGATIVE, default=0.0)
+    p.add_argument("--grad-clip", type=cli.NON_NEGATIVE, default=1.0, help="max gradient norm (0: no clipping)")
     p.add_argument("--train-on-inputs", action="store_true", help="loss on the prompt too (LLM-Adapters' default)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=cli.SEED, default=42)
     p.add_argument("--out", default=None, help="output folder (default: runs/<method>-r<rank>)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                    help="bf16: frozen base in bf16 under autocast, adapters and AdamW in float32 (default on CUDA); "
                         "fp32: everything float32 (default on CPU)")
@@ -118,23 +122,15 @@ def parse_args(argv=None):
         args.train_file = str(Path(args.data) / TRAIN_MIX)
     elif args.train_file is not None and args.tasks is not None:
         p.error("--train-file and --tasks exclude each other")
-    problems = [f"--{name} must be positive" for name in ("rank", "batch_size", "micro_batch_size", "eval_every")
-                if getattr(args, name) < 1 and not (name == "rank" and args.method == "hilora")]
-    if args.method == "hilora" and (args.lora_rank is None or min(args.rank, args.lora_rank) < 0
-                                    or args.rank + args.lora_rank < 1):
+    problems = []  # each number's own range is its argparse type's (support/cli.py); here what flags need of each other
+    if args.rank < 1 and args.method != "hilora":
+        problems.append(f"argument --rank: expected an integer >= 1 (0 only for HiLoRA's r1), got '{args.rank}'")
+    if args.method == "hilora" and (args.lora_rank is None or args.rank + args.lora_rank < 1):
         problems.append("--method hilora needs --rank R1 and --lora-rank R2, not negative, one of them positive")
     if args.method != "hilora" and args.lora_rank is not None:
         problems.append(f"--lora-rank is HiLoRA's (the rank of its LoRA part), not {args.method}'s")
     if args.batch_size % args.micro_batch_size:
         problems.append(f"--batch-size ({args.batch_size}) must be a multiple of --micro-batch-size ({args.micro_batch_size})")
-    if args.max_steps is not None and args.max_steps < 1:
-        problems.append("--max-steps must be positive")
-    if not 0 <= args.dropout < 1:
-        problems.append("--dropout must be in [0, 1)")
-    if args.lr <= 0 or args.epochs <= 0 or args.val_size < 0 or args.warmup_steps < 0:
-        problems.append("--lr and --epochs must be positive, --val-size and --warmup-steps not negative")
-    if args.h_lr_ratio <= 0 or args.pera_log_every < 1:
-        problems.append("--h-lr-ratio and --pera-log-every must be positive")
     if args.method != "pera" and (args.init, args.h_lr_ratio) != ("code", 1.0):
         problems.append(f"--init and --h-lr-ratio are PERA's (h is PERA's coefficient vector), not {args.method}'s")
     if problems:
@@ -158,6 +154,10 @@ def load_examples(args, tokenizer, bos, quiet=False):
         sys.exit(f"error: only {len(records)} training records for {args.val_size} validation examples (--val-size)")
     encoded = [commonsense.encode_example(tokenizer, r, bos, args.train_on_inputs, prompt_cutoff=args.cutoff)
                for r in tqdm(records, desc="tokenizing", leave=False, disable=quiet)]
+    unscored = next((r for r, (_, labels) in zip(records, encoded) if all(t == -100 for t in labels)), None)
+    if unscored is not None:  # its loss would be 0 / 0; only an empty output and no end token make one
+        sys.exit(f"error: a training record has no response token to learn (output {unscored['output']!r}, and the "
+                 f"tokenizer has no end token): instruction {unscored['instruction'][:60]!r}")
     return tasks, encoded[args.val_size:], encoded[:args.val_size]
 
 
@@ -339,6 +339,10 @@ def setup(args):
         sys.exit(f"error: {model_dir}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
     with cli.user_input():  # a corrupt or mismatched model folder, an impossible adapter (--terms cross --rank 1)
         tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+        if args.cutoff < (least := commonsense.template_tokens(tokenizer, tokenizer.add_bos)):
+            raise ValueError(f"--cutoff {args.cutoff} keeps less than the prompt template alone ({least} tokens with "
+                             f"this tokenizer): every prompt would lose its end, '### Response:'; expected an "
+                             f"integer >= {least}")
         # bf16: the frozen base in bf16 under bf16 autocast (CUDA or CPU); adapter weights, grads and AdamW stay float32.
         model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
         model.grad_checkpoint = args.grad_checkpoint
@@ -346,6 +350,7 @@ def setup(args):
         spec = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
                                  args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega,
                                  lora_rank=args.lora_rank)
+        adapters.check_fits(model, spec, device)  # a rank that would not fit is refused before it is built
         adapters.inject(model, spec)
     model.train()
     n_trainable, n_total = parameter_counts(model)
@@ -357,7 +362,8 @@ def setup(args):
     step_model = LossOf(model) if world == 1 else torch.nn.parallel.DistributedDataParallel(
         LossOf(model), broadcast_buffers=False, init_sync=False)
     if world > 1:
-        torch.manual_seed(args.seed * 1000 + rank)  # each process its own dropout masks
+        seed = args.seed * 1000 + rank  # each process its own dropout masks; near torch's limits, wrapped
+        torch.manual_seed(seed if cli.SEED.ok(seed) else seed % 2 ** 64)
         say(f"{world} processes ({dist.get_backend()}), {share} examples of each batch of {args.batch_size} each")
 
     say(f"training data: {args.train_file}" if args.train_file else

@@ -109,17 +109,18 @@ def parse_args(argv=None):
     where = p.add_mutually_exclusive_group()
     where.add_argument("--model", help="a Hugging Face model folder")
     where.add_argument("--shape", choices=list(SHAPES), help="a public model's shape, randomly initialised")
-    p.add_argument("--layers", type=int, default=None, help="keep only the first N layers")
+    p.add_argument("--layers", type=cli.POSITIVE_INT, default=None, help="keep only the first N layers")
     p.add_argument("--methods", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--ranks", default="4,16")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--loss-tokens", type=int, default=16, help="positions per row with a loss (0: all)")
-    p.add_argument("--rounds", type=int, default=10, help="measured rounds (each variant once per round)")
-    p.add_argument("--infer-rounds", type=int, default=20, help="measured inference rounds (cheaper than steps)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=8)
+    p.add_argument("--seq-len", type=cli.Number(int, low=2), default=128)
+    p.add_argument("--loss-tokens", type=cli.COUNT, default=16, help="positions per row with a loss (0: all)")
+    p.add_argument("--rounds", type=cli.POSITIVE_INT, default=10, help="measured rounds (each variant once per round)")
+    p.add_argument("--infer-rounds", type=cli.POSITIVE_INT, default=20,
+                   help="measured inference rounds (cheaper than steps)")
+    p.add_argument("--warmup", type=cli.COUNT, default=2)
+    p.add_argument("--device", type=cli.device, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="benchmark: each variant also with activation checkpointing; --plan: plan with it")
@@ -130,16 +131,18 @@ def parse_args(argv=None):
     plan = p.add_argument_group("memory planner (--plan): what one training step needs, by part, without weights")
     plan.add_argument("--plan", action="store_true", help="plan the memory of a train.py run instead of measuring")
     plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in VARIANTS if m != 'none')}")
-    plan.add_argument("--rank", type=int, default=16)
-    plan.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward (default: --batch-size)")
+    plan.add_argument("--rank", type=cli.POSITIVE_INT, default=16)
+    plan.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
+                      help="examples per forward (default: --batch-size)")
     plan.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="as train.py's --precision")
-    plan.add_argument("--dropout", type=float, default=None, help="adapter dropout (default: train.py's)")
+    plan.add_argument("--dropout", type=cli.DROPOUT, default=None, help="adapter dropout (default: train.py's)")
     plan.add_argument("--measure", action="store_true", help="also run the step for real on this CPU and compare")
     plan.add_argument("--plan-grid", action="store_true", help="which methods fit on 24/48/80 GB for the papers' "
                       "7-8B models at --rank, batch 16, micro-batch 1-16, with and without checkpointing")
     other = p.add_argument_group("host work and loading")
-    other.add_argument("--host", type=int, metavar="N", help="time train.py's host work per step for N examples")
-    other.add_argument("--load-rss", type=float, metavar="GB", help="peak RSS loading a generated sharded bf16 "
+    other.add_argument("--host", type=cli.POSITIVE_INT, metavar="N",
+                       help="time train.py's host work per step for N examples")
+    other.add_argument("--load-rss", type=cli.POSITIVE, metavar="GB", help="peak RSS loading a generated sharded bf16 "
                                                                      "checkpoint of this size")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -149,6 +152,8 @@ def parse_args(argv=None):
     if (args.plan or args.plan_grid) and (args.method not in VARIANTS or args.method == "none"):
         p.error(f"--method {args.method}: choose from {', '.join(m for m in VARIANTS if m != 'none')}")
     args.micro_batch_size = args.micro_batch_size or args.batch_size
+    if args.loss_tokens >= args.seq_len:
+        p.error(f"--loss-tokens ({args.loss_tokens}) must be below --seq-len ({args.seq_len}): each predicts the next token")
     unknown = [m for m in args.methods if m not in VARIANTS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -391,7 +396,7 @@ def plan(args, micro_batches=None, traced=None) -> dict:
              "grad_bytes": trainable_bytes,  # float32, like the parameters
              "optimizer_bytes": 2 * trainable_bytes,  # AdamW's exp_avg and exp_avg_sq
              "activation_bytes": activation_bytes}
-    parts["total_bytes"] = weight_bytes + 4 * trainable_bytes + activation_bytes
+    parts["total_bytes"] = weight_bytes + adapters.STATE_BYTES * n_trainable + activation_bytes  # as adapters.check_fits
     parts["activation_bytes_per_layer"] = two - one
     return parts
 

@@ -271,12 +271,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
     p.add_argument("--size", default="64x64", help="out x in of the target matrices")
-    p.add_argument("--rank", type=int, default=4, help="r, the same for every method")
-    p.add_argument("--steps", type=int, default=2000, help="Adam steps per fit")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
-    p.add_argument("--tol", type=float, default=0.01,
+    p.add_argument("--rank", type=cli.Number(int, low=2), default=4,
+                   help="r, the same for every method (at least 2: PERA's cross terms need two indices)")
+    p.add_argument("--steps", type=cli.Number(int, low=10), default=2000, help="Adam steps per fit")
+    p.add_argument("--lr", type=cli.POSITIVE, default=1e-2, help="Adam's learning rate")
+    p.add_argument("--tol", type=cli.NON_NEGATIVE, default=0.01,
                    help="converged: the error fell by at most this fraction over the last 10%% of steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.SEED, default=0)
     p.add_argument("--eps-sweep", action="store_true", help="the target's scale from 1e-4 to 1 instead of the "
                    "table: LoRA and PERA on the first of --targets, one budget (--steps, --lr) for every scale")
     p.add_argument("--json", default=None, help="write the rows to this file")
@@ -292,9 +293,8 @@ def main(argv=None):
         p.error(f"--size must be OUTxIN, e.g. 64x64, got {args.size!r}")
     if unknown:
         p.error(f"unknown target(s) {', '.join(unknown)} (targets: {', '.join(TARGETS)})")
-    if args.rank < 2 or args.steps < 10 or args.lr <= 0 or min(out_features, in_features) < 2:
-        p.error("--rank must be at least 2 (PERA's cross terms need two indices), --steps at least 10, "
-                "--lr positive, the size at least 2x2")
+    if min(out_features, in_features) < 2:
+        p.error(f"--size must be at least 2x2, got {args.size!r}")
     torch.set_num_threads(1)  # small matrices: threads cost more than they give, and results stay bitwise fixed
     if args.eps_sweep:
         rows = eps_sweep(EPS, targets[0], out_features, in_features, args.rank, args.steps, args.lr, args.seed, args.tol)

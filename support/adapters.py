@@ -10,14 +10,19 @@ a LoRA part) `peft_type: "HILORA"` with HiRA's `hira_A`, `hira_B` and LoRA's `lo
 `r` (r1), `lora_r` (r2), `lora_alpha` (null at r2 = 0) and `hilora_dropout`; a part of rank 0 has no tensors.
 """
 import json
+import math
 import os
 from pathlib import Path
+
+import torch
+import torch.nn as nn
 
 import dora
 import hira
 import lora
 import loran
 import pera
+from support import cli
 from support.safetensors_io import load_safetensors, save_safetensors
 
 METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran, "hilora": hira}
@@ -104,7 +109,19 @@ def peft_config(spec: dict, base_model: str) -> dict:
     return config
 
 
+# The adapter_config.json fields read here, and what each must be: a range or the choices ({p}: the method's
+# prefix, PEFT's "lora" for DoRA; alpha may be null, which means r)
+FIELDS = {"r": cli.POSITIVE_INT, "{p}_alpha": cli.NONZERO, "{p}_dropout": cli.DROPOUT}
+METHOD_FIELDS = {"pera": {"degree": cli.Number(int, low=2), "h_lr_ratio": cli.POSITIVE, "terms": pera.TERMS,
+                          "init": pera.INITS},
+                 "loran": {"amplitude": cli.FINITE, "omega": cli.FINITE},
+                 "hilora": {"r": cli.COUNT, "lora_r": cli.COUNT, "lora_alpha": cli.NONZERO}}  # r1 = 0: LoRA
+
+
 def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
+    """The settings of an adapter_config.json, each field checked: a wrong one is an error naming it."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of adapter settings, got a {type(config).__name__}")
     method = {v: k for k, v in PEFT_TYPES.items() if k != "dora"}.get(config.get("peft_type"))
     if method is None:
         raise ValueError(f"{path}: peft_type {config.get('peft_type')!r} is not one of "
@@ -116,9 +133,19 @@ def settings_from_peft_config(config: dict, path="adapter_config.json") -> dict:
             raise ValueError(f"{path}: missing field '{key}'")
     if method in ("lora", "dora") and (config.get("use_rslora") or config.get("bias", "none") != "none"):
         raise ValueError(f"{path}: rsLoRA and bias training are not implemented here")
+    prefix = "lora" if method == "dora" else method  # PEFT's DoRA keeps LoRA's field names
+    for key, expected in {**FIELDS, **METHOD_FIELDS.get(method, {})}.items():
+        key, value = key.format(p=prefix), config.get(key.format(p=prefix))
+        if key not in config or (key.endswith("_alpha") and value is None):
+            continue
+        if not (expected.ok(value) if isinstance(expected, cli.Number) else value in expected):
+            raise ValueError(f"{path}: field '{key}' is {json.dumps(value)}, expected "
+                             f"{expected if isinstance(expected, cli.Number) else 'one of ' + ', '.join(expected)}")
     targets = config["target_modules"]
     targets = [targets] if isinstance(targets, str) else targets
-    prefix = "lora" if method == "dora" else method  # PEFT's DoRA keeps LoRA's field names
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{path}: field 'target_modules' is {json.dumps(config['target_modules'])}, expected a "
+                         f"layer name or a list of them")
     alpha = config.get("lora_alpha" if method == "hilora" else f"{prefix}_alpha")  # HiLoRA: its LoRA part's
     try:  # a value settings() refuses (an unknown init, a lora_alpha beside lora_r 0) is this file's
         return settings(method, config["r"], targets, alpha=alpha,
@@ -150,6 +177,13 @@ def load_adapter(model, folder) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file}: invalid JSON ({e})") from None
     tensors = load_safetensors(folder / "adapter_model.safetensors")
+    ranks = {"A": spec["rank"]} if spec["method"] != "hilora" else {"A": spec["rank"], "lora_A": spec["lora_rank"]}
+    for part, rank in ranks.items():  # checked before inject builds the adapter: an r that is wrong may be huge
+        a_key = TENSOR_KEYS[spec["method"]][part]
+        rows = {t.shape[0] for k, t in tensors.items() if k.endswith("." + a_key) and t.dim() == 2}
+        if rows != ({rank} if rank else set()):  # a part of rank 0 has no tensors
+            raise ValueError(f"{config_file}: {'r' if part == 'A' else 'lora_r'} is {rank}, but the {a_key} tensors "
+                             f"of {folder / 'adapter_model.safetensors'} have {sorted(rows) or 'no'} rows")
     inject(model, spec)
     expected = file_tensors(model, spec["method"])
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -171,3 +205,54 @@ def write_json(path, obj):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: a bug, said at once
     os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# Memory: an adapter that would not fit is refused before it is built
+
+STATE_BYTES = 16  # per trainable float32 parameter in training: itself, its gradient and AdamW's two moments
+
+
+def pera_terms(r, terms="all", degree=2) -> int:
+    """P, the length of PERA's h: the multisets of 2 to `degree` of the r indices, all of them, the pure
+    powers ("square") or those with two or more distinct indices ("cross"); r(r+1)/2, r, r(r-1)/2 at degree 2."""
+    every, powers = sum(math.comb(r + k - 1, k) for k in range(2, degree + 1)), (degree - 1) * r
+    return {"all": every, "square": powers, "cross": every - powers}[terms]
+
+
+def trainable_parameters(model, spec: dict) -> int:
+    """How many parameters inject(model, spec) adds, from the target layers' shapes alone (nothing is built):
+    A (r, in) and B (out, r) per layer, and PERA's h or DoRA's magnitude m (out)."""
+    targets = spec["targets"]
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            total += spec["rank"] * (m.in_features + m.out_features)
+            if spec["method"] == "pera":
+                total += pera_terms(spec["rank"], spec["terms"], spec["degree"])
+            elif spec["method"] == "dora":
+                total += m.out_features
+    return total
+
+
+def free_bytes(device):
+    """Memory free for new tensors on device: CUDA's free memory, or the host's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        return int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))) * 1024
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return None
+
+
+def check_fits(model, spec: dict, device):
+    """Refuse (ValueError) an adapter whose training state alone, STATE_BYTES per parameter as the memory planner
+    (experiments/bench.py --plan) counts it, is more than the memory free on device; activations come on top."""
+    n = trainable_parameters(model, spec)
+    free = free_bytes(device)
+    if free is not None and n * STATE_BYTES > free:
+        raise ValueError(f"--rank {spec['rank']}: the {spec['method']} adapter would need at least "
+                         f"{n * STATE_BYTES / 2 ** 30:,.1f} GiB ({n:,} parameters, each with its gradient and AdamW's two "
+                         f"moments), and {device} has {free / 2 ** 30:,.1f} GiB free; choose a smaller --rank or "
+                         f"fewer --targets")

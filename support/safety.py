@@ -185,16 +185,31 @@ def save_state(path, step, model, optimizer, rng, best, history, clock, rng_rank
     tmp.replace(path)
 
 
-def load_state(path, model, device):
-    """The saved state, checked against the model; a file that is not one is an error naming it."""
+def load_state(path, model):
+    """The saved state, checked against the model; a file that train.py did not write is an error naming it.
+    It is read as data only (weights_only: tensors, numbers, text, lists, dicts): a pickle that would run code
+    is refused, not run."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        # on the CPU: torch.set_rng_state takes CPU tensors only; the adapter's and AdamW's are copied to the device
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle of something else: whatever torch.load makes of it
-        raise ValueError(f"{path}: not a readable train.py state ({type(e).__name__}: {e}); delete the folder "
-                         f"and start again, or choose another --out") from None
+        # weights_only's refusal is paragraphs of advice around the line that says what it met
+        met = [line.split(". ")[0].strip(" .") for line in str(e).splitlines() if re.search("unsupported", line, re.I)]
+        raise ValueError(f"{path}: not a readable train.py state ({met[0] if met else f'{type(e).__name__}: {e}'}); "
+                         f"delete the folder and start again, or choose another --out") from None
     keys = {"step", "trainable", "optimizer", "rng", "best", "history"}
     if not isinstance(state, dict) or not keys <= set(state):
         raise ValueError(f"{path}: not a train.py state (expected the keys {', '.join(sorted(keys))})")
+    checks = {"step": isinstance(state["step"], int) and state["step"] >= 0,
+              "trainable": isinstance(state["trainable"], dict)
+              and all(isinstance(t, torch.Tensor) for t in state["trainable"].values()),
+              "optimizer": isinstance(state["optimizer"], dict) and {"state", "param_groups"} <= set(state["optimizer"]),
+              "rng": all(map(valid_rng, [state["rng"], *(state.get("rng_ranks") or [])])),
+              "best": isinstance(state["best"], dict) and {"val_loss", "step"} <= set(state["best"]),
+              "history": isinstance(state["history"], list) and all(isinstance(r, dict) for r in state["history"])}
+    wrong = [key for key, ok in checks.items() if not ok]
+    if wrong:
+        raise ValueError(f"{path}: not a train.py state (its {', '.join(wrong)}: not what train.py writes)")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
     if shapes != {n: tuple(p.shape) for n, p in params.items()}:
@@ -202,14 +217,27 @@ def load_state(path, model, device):
     return state
 
 
+def valid_rng(state):
+    """Whether a saved RNG state is one that rng_state() made: tried on new generators, ours untouched."""
+    try:
+        torch.Generator().set_state(state["torch"])
+        random.Random().setstate(state["python"])
+        return state["cuda"] is None or isinstance(state["cuda"], list)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError):
+        return False
+
+
 def resume(state_file, model, optimizer, device, rank, world):
     """Load the saved state into the adapter, AdamW and this process's RNG; (step, best, history, clock)."""
     with cli.user_input():
-        state = load_state(state_file, model, device)
+        state = load_state(state_file, model)
+        try:  # an optimizer state of other parameters or groups
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{state_file}: its AdamW state does not fit this run ({type(e).__name__}: {e})") from None
     params = dict(model.named_parameters())
     for n, t in state["trainable"].items():
         params[n].data.copy_(t)
-    optimizer.load_state_dict(state["optimizer"])
     # a run resumed with as many processes continues every process's dropout masks; otherwise the first
     # process continues the saved first one's and the others start afresh (exact when dropout is 0)
     ranks = state.get("rng_ranks")

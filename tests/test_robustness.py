@@ -354,7 +354,7 @@ TRAIN_CASES = {  # name: (how to build the bad input: (stories, data, tmp) -> (m
     "lone surrogate": (lambda s, d, t: (s, data_copy(d, t, '[' + json.dumps(record())[:-1] + ', "input": "a\\ud800"}]'),
                                        []), "record 0 field 'input' holds a lone surrogate ('\\ud800' at character 1)"),
     "config field missing": (lambda s, d, t: (model_copy(s, t, "config.json", edit_config(hidden_size=None)), d, []),
-                             "config.json: config: required field 'hidden_size' is missing or not an integer"),
+                             "config.json: config: required field 'hidden_size' is missing or not a positive integer"),
     "config field mistyped": (lambda s, d, t: (model_copy(s, t, "config.json", edit_config(num_key_value_heads="4")),
                                                d, []), "config.json: config: field 'num_key_value_heads' is '4'"),
     "truncated tokenizer": (lambda s, d, t: (model_copy(s, t, "tokenizer.json", lambda x: x[:len(x) // 2]), d, []),
@@ -364,7 +364,6 @@ TRAIN_CASES = {  # name: (how to build the bad input: (stories, data, tmp) -> (m
     "tokenizer beyond the vocabulary": (lambda s, d, t: (model_copy(s, t, "tokenizer.json", add_token), d, []),
                                         "tokenizer.json: token ids go up to 600, but"),
     "cross terms at rank 1": (lambda s, d, t: (s, d, ["--terms", "cross", "--rank", "1"]), "terms='cross' with rank 1"),
-    "degree 1": (lambda s, d, t: (s, d, ["--degree", "1"]), "degree must be an integer >= 2"),
 }
 
 
