@@ -7,6 +7,7 @@ fields are PEFT's own (`base_model.model.<layer>.lora_A.weight`, `peft_type: "LO
 files follow the same style: `peft_type: "PERA"` with `pera_A`, `pera_B`, `pera_h`, and
 `peft_type: "LORAN"` with `loran_A`, `loran_B` and the `amplitude` and `omega` fields.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -150,7 +151,24 @@ def load_adapter(model, folder) -> dict:
 
 def write_json(path, obj):
     """Write JSON atomically: a reader never sees a half-written file."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: a bug, said at once
+
+
+def write_text(path, text):
+    """Write a text file atomically (a temporary file, then a rename); on any failure the old file stands."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: a bug, said at once
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def digest(folder):
+    """The SHA-256 of an adapter's tensors file: which adapter this is, wherever it is copied."""
+    h = hashlib.sha256()
+    with open(Path(folder) / "adapter_model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
