@@ -7,7 +7,7 @@ LLM-Adapters prompt with the loss on the response, 120 held-out validation examp
 then linear decay, batch 16, targets q, k, v, up, down. Writes to --out: the best adapter by validation
 loss in PEFT's layout (adapter_model.safetensors + adapter_config.json), args.json, log.jsonl (one line
 per step), metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly
-(support/safety.py: the lock, held Ctrl-C, the state, the resume checks).
+(support/safety.py: the lock, Ctrl-C and SIGTERM held to the step's end, the state, the resume checks).
 For PERA, every --pera-log-every steps a log record also carries how much the polynomial terms carry:
 poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), their bound from the factors' sizes
 (poly_share_bound_median, poly_share_bound_max) and its factors (b_max_median, a_max_median, rho_median),
@@ -390,7 +390,8 @@ def setup(args):
         run.step, run.best, run.history, run.clock = safety.resume(run.state_file, model, run.optimizer, device,
                                                                    rank, world)
         if rank == 0:
-            (run.out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.history))  # drop later steps
+            # drop the steps after the state's
+            adapters.write_text(run.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
         say(f"resuming {run.out} at step {run.step}")
     elif rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -433,16 +434,19 @@ def on_step(step, record):
 
 def train_loop(args, run):
     """The recipe, one optimizer step at a time: batch, forward, loss, backward, clip, step, schedule, log,
-    validate, keep the best adapter, save the state. Ctrl-C waits for the step's end; a non-finite loss or
-    gradient stops the run before its update (support/safety.py). Returns (step, best, history, clock, seconds)."""
+    validate, keep the best adapter, save the state. Ctrl-C or SIGTERM waits for the step's end; a non-finite
+    loss or gradient stops the run before its update, a full disk where it is (support/safety.py). Returns
+    (step, best, history, clock, seconds)."""
     step, best, history = run.step, run.best, run.history
     saved_step, planned = step, (None, None)  # planned: (epoch, its batches), each epoch planned once
     bar = tqdm(total=run.total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True,
                disable=run.rank != 0)
     start_time, tokens_seen, start_step = time.time(), 0, step
-    rng_at_step, held = safety.rng_state(), safety.HeldInterrupt()
+    rng_at_step = safety.rng_state()
     clock_now = lambda: {"seconds": run.clock["seconds"] + time.time() - start_time,  # noqa: E731
                          "tokens": run.clock["tokens"] + tokens_seen}
+    stops = safety.StopSignals(run.world, run.device)
+    stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the step they come in
     try:
         while step < run.total_steps:
             epoch, index = divmod(step, run.steps_per_epoch)
@@ -461,7 +465,6 @@ def train_loop(args, run):
             grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, args.grad_clip or math.inf).item()
             if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
-            held.hold()  # from the update to the step's saved state, Ctrl-C waits
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -476,9 +479,9 @@ def train_loop(args, run):
                                                                run.device, run.autocast, run.rank, run.world), 5)
                 # the adapter kept is the best by validation loss (the latest, with no validation set)
                 if not run.val_set or record["val_loss"] < best["val_loss"]:
-                    best = {"val_loss": record.get("val_loss", math.nan), "step": step}
                     if run.rank == 0:
                         adapters.save_adapter(run.model, run.out, run.spec, base_model=args.model)
+                    best = {"val_loss": record.get("val_loss", math.nan), "step": step}
                 if run.rank == 0:
                     tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss "
                                f"{record.get('val_loss', math.nan):.4f}" + (" (best)" if best["step"] == step else ""))
@@ -496,18 +499,28 @@ def train_loop(args, run):
                     safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
                                       clock_now(), rng_ranks)
                 saved_step = step
-            held.release()  # a Ctrl-C held during the step is raised here, after its state
+            stops.check()  # a signal held during the step stops the run here, after its state
     except KeyboardInterrupt:
-        held.release(raise_pending=False)
+        stops.release()
         bar.close()
-        if run.world == 1 and not held.abandoned:  # several processes: the others' RNG cannot be gathered now
-            safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history, clock_now())
-        safety.exit_interrupted(step, saved_step, run.state_file, run.world, held.abandoned)
+        # one process, or all of them stopping at this step together: save it (unless just saved)
+        if not stops.abandoned and (run.world == 1 or stops.agreed) and saved_step != step:
+            rng_ranks = safety.gather_rng(run.world)
+            if run.rank == 0:
+                safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
+                                  clock_now(), rng_ranks)
+            saved_step = step
+        safety.exit_interrupted(step, saved_step, run.state_file, stops.abandoned)
     except FloatingPointError as e:
         bar.close()
         safety.exit_not_finite(e, saved_step, run.state_file, best, run.out)
+    except (OSError, RuntimeError) as e:  # a full or read-only disk is one line; anything else, a bug
+        if not cli.disk_refusal(e):
+            raise
+        bar.close()
+        safety.exit_write_refused(cli.disk_refusal(e), saved_step, run.state_file, best, run.out)
     finally:
-        held.release(raise_pending=False)
+        stops.release()
     bar.close()
     clock = clock_now() if step > start_step else run.clock  # a finished run resumed: the clock stopped with its state
     return step, best, history, clock, time.time() - start_time
@@ -550,7 +563,7 @@ def summarize(args, run, step, best, history, clock, seconds):
 
 def main(argv=None):
     args = parse_args(argv)
-    with safety.folder_lock(Path(args.out)):
+    with cli.disk_errors(args.out), safety.folder_lock(Path(args.out)):  # a full disk: one line
         safety.check_run_folder(args)  # --resume: the same run; otherwise: no run there to overwrite
         run = setup(args)
         return summarize(args, run, *train_loop(args, run))

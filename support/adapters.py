@@ -9,6 +9,7 @@ files follow the same style: `peft_type: "PERA"` with `pera_A`, `pera_B`, `pera_
 a LoRA part) `peft_type: "HILORA"` with HiRA's `hira_A`, `hira_B` and LoRA's `lora_A.weight`, `lora_B.weight`,
 `r` (r1), `lora_r` (r2), `lora_alpha` (null at r2 = 0) and `hilora_dropout`; a part of rank 0 has no tensors.
 """
+import hashlib
 import json
 import math
 import os
@@ -201,10 +202,18 @@ def load_adapter(model, folder) -> dict:
 
 def write_json(path, obj):
     """Write JSON atomically: a reader never sees a half-written file."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: a bug, said at once
+
+
+def write_text(path, text):
+    """Write a text file atomically (a temporary file, then a rename); on any failure the old file stands."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")  # NaN is not JSON: a bug, said at once
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # -----------------------------------------------------------------------------
@@ -227,7 +236,7 @@ def trainable_parameters(model, spec: dict) -> int:
     total = 0
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
-            total += spec["rank"] * (m.in_features + m.out_features)
+            total += (spec["rank"] + (spec.get("lora_rank") or 0)) * (m.in_features + m.out_features)  # HiLoRA: r1 + r2
             if spec["method"] == "pera":
                 total += pera_terms(spec["rank"], spec["terms"], spec["degree"])
             elif spec["method"] == "dora":
@@ -256,3 +265,12 @@ def check_fits(model, spec: dict, device):
                          f"{n * STATE_BYTES / 2 ** 30:,.1f} GiB ({n:,} parameters, each with its gradient and AdamW's two "
                          f"moments), and {device} has {free / 2 ** 30:,.1f} GiB free; choose a smaller --rank or "
                          f"fewer --targets")
+
+
+def digest(folder):
+    """The SHA-256 of an adapter's tensors file: which adapter this is, wherever it is copied."""
+    h = hashlib.sha256()
+    with open(Path(folder) / "adapter_model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
