@@ -6,8 +6,10 @@ generate (the papers' protocol): greedy decoding of up to 32 tokens after the pr
 the first match of the task's answer pattern, compared with the gold answer; no match counts as wrong.
 loglik: each answer the question offers is scored by its log-likelihood as the response; the best one
 is the prediction (no parsing, so no parse failures).
-Prints the paper's table and writes predictions.jsonl and results.json. --rank-report measures the rank
-and effective rank of every adapted layer's ΔW; --table prints earlier results.json files side by side.
+Prints the paper's table and writes predictions.jsonl and results.json. Predictions are saved as they come
+(predictions.jsonl.partial): a run stopped by Ctrl-C, SIGTERM or a full disk keeps them, and the same command
+continues it; an --out that holds an evaluation is refused unless --overwrite. --rank-report measures the
+rank and effective rank of every adapted layer's ΔW; --table prints earlier results.json files side by side.
 """
 import argparse
 import copy
@@ -36,13 +38,14 @@ def parse_args(argv=None):
     p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model zero-shot)")
     p.add_argument("--data", default="data/commonsense", help="folder of <task>/test.json files")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every test set present)")
-    p.add_argument("--limit", type=int, default=None, help="first N examples of each task")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=cli.POSITIVE_INT, default=None, help="first N examples of each task")
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16)
     p.add_argument("--mode", choices=["generate", "loglik"], default="generate")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=32)
     p.add_argument("--merge", action="store_true", help="fold the adapter into the weights before evaluating")
     p.add_argument("--out", default=None, help="output folder (default: <adapter>/eval-<mode>, or runs/zero-shot/eval-<mode>)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace the evaluation --out holds (finished or not)")
+    p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each block (the same answers): on a CPU ~25 s of compiling, then 0.75-0.9 x "
                         "eager's time per example; off by default: it needs a C++ compiler and pays off only after a "
@@ -50,17 +53,17 @@ def parse_args(argv=None):
     p.add_argument("--rank-report", action="store_true", help="report rank and effective rank of each ΔW, then exit")
     p.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="print these results files as one table, then exit")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.max_new_tokens < 1:
-        p.error("--batch-size, --limit and --max-new-tokens must be positive")
     if (args.merge or args.rank_report) and not args.adapter:
         p.error("--merge and --rank-report need --adapter")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return args
 
 
-def load(args):
-    """The model (with its adapter injected, or merged) and its tokenizer; the adapter's settings or None."""
-    settings, base, trained_on = None, args.model, None
+def base_model(args):
+    """Set args.model to the base model, --model, else the one the adapter names, else SmolLM2 (recorded in
+    results.json as given; a relative path is read from here), and check it is there; return the one the
+    adapter names, or None."""
+    trained_on = None
     if args.adapter:
         config_file = Path(args.adapter) / "adapter_config.json"
         if not config_file.is_file():
@@ -69,15 +72,20 @@ def load(args):
             trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
         except (ValueError, AttributeError) as e:  # not JSON, or not an object
             raise ValueError(f"{config_file}: not a JSON adapter config ({e})") from None
-        base = base or trained_on
-    # recorded in results.json as given; a relative path (given, or named by the adapter) is read from here
-    args.model = str(base or "checkpoints/SmolLM2-135M-Instruct")
+    args.model = str(args.model or trained_on or "checkpoints/SmolLM2-135M-Instruct")
     base = Path(args.model)
     if not (base / "tokenizer.json").is_file():
         named = (f" (the base model {Path(args.adapter) / 'adapter_config.json'} names)" if args.model == trained_on
                  else "")
         what = "no tokenizer.json" if base.is_dir() else "no such folder"
         sys.exit(f"error: {args.model}{named}: {what} (run `python prepare.py`, or pass --model DIR)")
+    return trained_on
+
+
+def load(args):
+    """The model (with its adapter injected, or merged) and its tokenizer; the adapter's settings or None."""
+    settings, trained_on = None, base_model(args)
+    base = Path(args.model)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Transformer.from_pretrained(base, dtype=dtype, device=device)
@@ -213,8 +221,10 @@ def table(rows) -> str:
 def run_name(settings):
     if settings is None:
         return "zero-shot"
-    names = {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA', 'dora': 'DoRA', 'loran': 'LoRAN'}
+    names = {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA', 'dora': 'DoRA', 'loran': 'LoRAN', 'hilora': 'HiLoRA'}
     name = f"{names[settings['method']]} r={settings['rank']}"
+    if settings["method"] == "hilora":  # r = r1 + r2, the paper's (r1 = 20, r2 = 12) as r=20+12
+        name += f"+{settings['lora_rank']}"
     if settings["method"] == "pera" and settings["terms"] != "all":
         name += f" ({settings['terms']} only)"
     if settings["method"] == "pera" and settings.get("init", "code") != "code":
@@ -224,29 +234,36 @@ def run_name(settings):
     return name
 
 
+def ranks(dw):
+    """(rank, effective rank) of a matrix: the singular values above σ_max · max(shape) · ε (numpy's and torch's
+    matrix_rank rule), and exp(−Σ p log p) with p = σ / Σσ over σ > 0 (Roy & Vetterli 2007); (0, 0.0) for zero."""
+    s = torch.linalg.svdvals(dw)
+    rank = int((s > s.max() * max(dw.shape) * torch.finfo(dw.dtype).eps).sum()) if s.max() > 0 else 0
+    p = s[s > 0] / s.sum()
+    return rank, float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0
+
+
 @torch.no_grad()
 def rank_report(model, settings):
     """Per adapted layer: rank and effective rank of ΔW (in float64), the method's bound on the rank, and
     for PERA the size of its polynomial terms next to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖ (for LoRAN, of
     its sine terms, the same ratio).
 
-    Bounds: LoRA r; PERA r + r(r+1)/2; HiRA and LoRAN none below min(out, in) (W0 ⊙ and the elementwise
-    sine lift the rank); DoRA r + the number of rows whose magnitude moved, since
+    Bounds: LoRA r; PERA r + r(r+1)/2; HiRA, HiLoRA (r1 > 0) and LoRAN none below min(out, in) (W0 ⊙ and
+    the elementwise sine lift the rank), HiLoRA at r1 = 0 its r2; DoRA r + the number of rows whose magnitude moved, since
     ΔW = (m/n − 1) ⊙ W0 + (m/n) ⊙ s·BA and a row with m = n adds no W0 row."""
     rows = []
     for name, layer in adapters.adapter_layers(model, settings["method"]).items():
         layer = copy.deepcopy(layer).double()  # a float64 copy: rank is sensitive to rounding
         dw = layer.delta_weight()
-        s = torch.linalg.svdvals(dw)
-        rank = int((s > s.max() * max(dw.shape) * torch.finfo(torch.float64).eps).sum()) if s.max() > 0 else 0
-        p = s[s > 0] / s.sum()
-        erank = float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0  # Roy & Vetterli 2007
+        rank, erank = ranks(dw)
         r = settings["rank"]
         method = settings["method"]
         if method == "dora":
             bound = r + int((layer.m / layer.weight_norm() != 1).sum())
         else:
             bound = {"lora": r, "hira": min(dw.shape), "loran": min(dw.shape),
+                     "hilora": min(dw.shape) if r else settings.get("lora_rank"),
                      "pera": r + len(getattr(layer, "h", []))}[method]
         row = {"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
                "bound": min(bound, min(dw.shape))}
@@ -277,6 +294,54 @@ def print_rank_report(rows, settings):
               + (f" {mean(terms + '_share'):.2e} |" if pera else ""))
 
 
+# -----------------------------------------------------------------------------
+# The output folder: one evaluation, saved as it goes.
+
+PARTIAL = "predictions.jsonl.partial"  # line 1: the settings; then one line per example, as it is answered
+
+
+def settings_of(args, data):
+    """What decides the answers: an unfinished evaluation continues only with the same."""
+    return {"model": args.model, "adapter": args.adapter, "merge": args.merge, "mode": args.mode,
+            "adapter_sha256": adapters.digest(args.adapter)[:16] if args.adapter else None,  # retrained since?
+            "data": args.data, "tasks": list(data), "limit": args.limit,
+            "max_new_tokens": args.max_new_tokens if args.mode == "generate" else None,
+            "dtype": "bfloat16" if torch.device(args.device).type == "cuda" else "float32"}
+
+
+def open_out(out, settings, overwrite):
+    """Make --out ready for this evaluation and return the predictions it already holds for it.
+
+    An evaluation there, finished (results.json) or unfinished with other settings, is refused unless
+    --overwrite; an unfinished one with the same settings is continued. The partial file is written now,
+    so an --out that cannot be written fails before the first example."""
+    partial, lines = out / PARTIAL, []
+    if overwrite:
+        for name in ("results.json", "predictions.jsonl", PARTIAL):
+            (out / name).unlink(missing_ok=True)
+    if (out / "results.json").is_file():
+        sys.exit(f"error: {out} already holds an evaluation (results.json); pass --overwrite to replace it, or "
+                 f"choose another --out")
+    if partial.is_file():
+        with cli.user_input(partial):
+            header, *rest = partial.read_text().splitlines() or ["{}"]
+            saved = json.loads(header)
+            if not isinstance(saved, dict):
+                raise ValueError("its first line is not eval.py's settings; pass --overwrite to discard it")
+        changed = [f"{k} {saved.get(k)} there, {v} here" for k, v in settings.items()
+                   if not safety.same_argument(k, saved.get(k), v)]
+        if changed and len(rest) > 0:  # a header alone holds nothing to keep
+            sys.exit(f"error: {out} holds an unfinished evaluation with other settings ({'; '.join(changed)}); "
+                     f"pass --overwrite to discard it, or choose another --out")
+        for line in rest if not changed else []:
+            try:
+                lines.append(json.loads(line))
+            except ValueError:  # the last line, cut by a kill
+                break
+    adapters.write_text(partial, "".join(json.dumps(x) + "\n" for x in [settings, *lines]))
+    return lines
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.table:
@@ -291,9 +356,34 @@ def main(argv=None):
             for t in tasks:
                 data[t] = commonsense.load_records(Path(args.data) / t / "test.json")[:args.limit]
                 commonsense.check_gold(t, data[t], Path(args.data) / t / "test.json")
-    # under torchrun every process answers every world-th example of each task and the first writes them all
+    with cli.user_input():
+        base_model(args)  # a model that is not there: said before anything is written
+    if args.rank_report:
+        with cli.disk_errors(args.adapter):
+            safety.check_writable(Path(args.adapter))  # before the work, not after
+        return report_ranks(args)
+    out = Path(args.out or Path(args.adapter or "runs/zero-shot") / f"eval-{args.mode}")
+    lines = []  # every prediction saved in out so far, this session's too
+
+    def kept():
+        return f"the predictions of {len(lines)} examples are kept in {out / PARTIAL}; the same command continues"
+    with cli.disk_errors(out, kept), safety.folder_lock(out, "eval.py"):
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process writes every file
+            with cli.user_input():
+                settings = settings_of(args, data)
+            lines += open_out(out, settings, args.overwrite)
+        return evaluate(args, data, out, lines)
+
+
+def evaluate(args, data, out, lines):
+    """Answer every example not in lines, appending each batch's predictions to the partial file as it goes;
+    then results.json and predictions.jsonl. Ctrl-C or SIGTERM stops after a batch, its predictions saved."""
+    # under torchrun every process answers every world-th example of each batch and the first writes them all
     rank, world, device = safety.setup_distributed(torch.device(args.device))
     args.device = str(device)
+    done = [{(x["task"], x["index"]) for x in lines}]
+    if world > 1:
+        dist.broadcast_object_list(done)
     with cli.user_input():  # a corrupt model, tokenizer or adapter file; an adapter of another base model
         model, tokenizer, settings = load(args)
     if args.mode == "generate" and args.max_new_tokens >= model.config.max_position_embeddings:
@@ -301,53 +391,66 @@ def main(argv=None):
                  f"{model.config.max_position_embeddings} positions")
     if args.compile:
         model.compile()  # at the first batch, and again for generation's KV cache
-    if args.rank_report:
-        rows = rank_report(model, settings)
-        print_rank_report(rows, settings)
-        adapters.write_json(Path(args.adapter) / "rank_report.json", rows)
-        return rows
-
-    out = Path(args.out or Path(args.adapter or "runs/zero-shot") / f"eval-{args.mode}")
-    with cli.user_input():
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
     result = {"name": run_name(settings), "model": str(args.model), "adapter": args.adapter, "mode": args.mode,
               "merged": args.merge, "limit": args.limit, "tasks": {}}
     if args.adapter and (Path(args.adapter) / "metrics.json").is_file():
-        result["trainable_percent"] = json.loads((Path(args.adapter) / "metrics.json").read_text()).get("trainable_percent")
-    start = time.time()
-    with cli.compile_errors(), open(out / "predictions.jsonl.tmp", "w") if rank == 0 else open(os.devnull, "w") as f, \
-            tqdm(total=sum(len(r[rank::world]) for r in data.values()), desc=args.mode, disable=rank != 0) as bar:
-        for task, records in data.items():
-            bar.set_postfix(task=task)
-            mine = records[rank::world]
-            if args.mode == "generate":
-                answers = generate_answers(model, tokenizer, task, mine, args.batch_size, args.max_new_tokens, bar)
-            else:
-                answers = loglik_answers(model, tokenizer, task, mine, args.batch_size, bar)
-            if world > 1:  # each process's answers, put back in the examples' order
-                shards = [None] * world
-                dist.all_gather_object(shards, answers)
-                answers = [shards[i % world][i // world] for i in range(len(records))]
-            correct = failures = 0
-            for i, (r, a) in enumerate(zip(records, answers)):
-                gold = commonsense.gold_answer(task, r)
-                ok = a["prediction"] == gold
-                correct, failures = correct + ok, failures + (a["prediction"] is None)
-                f.write(json.dumps({"task": task, "index": i, "answer": gold, "correct": ok, **a}) + "\n")
-            result["tasks"][task] = {"accuracy": 100 * correct / len(records), "correct": correct,
-                                     "n": len(records), "parse_failures": failures,
-                                     "prompts_cut": sum(a["tokens_cut"] > 0 for a in answers)}
+        metrics = Path(args.adapter) / "metrics.json"
+        with cli.user_input(metrics):
+            result["trainable_percent"] = trainable_percent(json.loads(metrics.read_text()))
+    # the examples left, longest prompts first (less padding; a memory problem shows at once), in batches
+    size, batches = args.batch_size * world, []
+    for task, records in data.items():
+        todo = [i for i in by_length(records, commonsense.prompt) if (task, i) not in done[0]]
+        batches += [(task, todo[i:i + size]) for i in range(0, len(todo), size)]
+    start, stops = time.time(), safety.StopSignals(world, device)
+    stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the batch they come in
+    try:
+        with cli.compile_errors(), open(out / PARTIAL, "a") if rank == 0 else open(os.devnull, "w") as f, \
+                tqdm(total=sum(len(b[rank::world]) for _, b in batches), desc=args.mode, disable=rank != 0) as bar:
+            for task, batch in batches:
+                bar.set_postfix(task=task)
+                mine = [data[task][i] for i in batch[rank::world]]
+                if args.mode == "generate":
+                    answers = generate_answers(model, tokenizer, task, mine, args.batch_size, args.max_new_tokens, bar)
+                else:
+                    answers = loglik_answers(model, tokenizer, task, mine, args.batch_size, bar)
+                if world > 1:  # each process's answers, put back in the batch's order
+                    shards = [None] * world
+                    dist.all_gather_object(shards, answers)
+                    answers = [shards[j % world][j // world] for j in range(len(batch))]
+                golds = [commonsense.gold_answer(task, data[task][i]) for i in batch]
+                new = [{"task": task, "index": i, "answer": gold, "correct": a["prediction"] == gold, **a}
+                       for i, gold, a in zip(batch, golds, answers)]
+                f.write("".join(json.dumps(x) + "\n" for x in new))
+                f.flush()  # saved: a kill from now on keeps this batch
+                lines += new
+                stops.check()  # a signal held during the batch stops the run here, after its predictions
+    except KeyboardInterrupt:
+        if rank == 0:
+            n = sum(len(records) for records in data.values())
+            sys.exit(f"\ninterrupted{' twice' if stops.abandoned else ''} after {len(lines)} of {n} examples; "
+                     f"their predictions are kept in {out / PARTIAL}: the same command continues from there")
+        sys.exit(1)
+    finally:
+        stops.release()
     if world > 1:
         dist.destroy_process_group()
     if rank != 0:
         return None
-    (out / "predictions.jsonl.tmp").replace(out / "predictions.jsonl")
+    order = list(data)
+    lines.sort(key=lambda x: (order.index(x["task"]), x["index"]))  # the examples' order
+    for task in data:
+        mine = [x for x in lines if x["task"] == task]
+        correct, failures = sum(x["correct"] for x in mine), sum(x["prediction"] is None for x in mine)
+        result["tasks"][task] = {"accuracy": 100 * correct / len(mine), "correct": correct, "n": len(mine),
+                                 "parse_failures": failures, "prompts_cut": sum(x["tokens_cut"] > 0 for x in mine)}
     result["average"] = sum(t["accuracy"] for t in result["tasks"].values()) / len(result["tasks"])
     n = sum(t["n"] for t in result["tasks"].values())
     result["parse_failure_rate"] = 100 * sum(t["parse_failures"] for t in result["tasks"].values()) / n
-    result["seconds"] = round(time.time() - start, 1)
+    result["seconds"] = round(time.time() - start, 1)  # this session's
+    adapters.write_text(out / "predictions.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
     adapters.write_json(out / "results.json", result)
+    (out / PARTIAL).unlink()
     print(table([result]))
     print(f"{n} examples in {result['seconds']:.0f} s; parse failures {result['parse_failure_rate']:.1f}% "
           f"(answers with no match count as wrong); written to {out}")
@@ -359,13 +462,45 @@ def main(argv=None):
     return result
 
 
+def trainable_percent(metrics):
+    """train.py's metrics.json: its trainable_percent, a number or null."""
+    if not isinstance(metrics, dict) or not (metrics.get("trainable_percent") is None
+                                             or cli.NON_NEGATIVE.ok(metrics["trainable_percent"])):
+        raise ValueError("expected train.py's JSON object, with 'trainable_percent' a number or null")
+    return metrics.get("trainable_percent")
+
+
+def report_ranks(args):
+    """--rank-report: print it, and save it as <adapter>/rank_report.json."""
+    safety.setup_distributed(torch.device(args.device))
+    with cli.user_input():
+        model, _, settings = load(args)
+    rows = rank_report(model, settings)
+    print_rank_report(rows, settings)
+    with cli.disk_errors(args.adapter, lambda: "the report above is not saved"):
+        adapters.write_json(Path(args.adapter) / "rank_report.json", rows)
+    return rows
+
+
 def read_results(path):
+    """An eval.py results.json, with what table() reads checked: a bad one is an error naming the file and the key."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON, or not UTF-8
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(result, dict) or not {"name", "tasks", "average"} <= set(result):
         raise ValueError(f"{path}: not an eval.py results.json")
+    tasks = result["tasks"] if isinstance(result["tasks"], dict) else None
+    number = lambda v: cli.NON_NEGATIVE.ok(v)  # noqa: E731
+    checks = [("name", isinstance(result["name"], str)), ("tasks", tasks is not None),
+              *((f"tasks.{t}.accuracy", isinstance(r, dict) and number(r.get("accuracy")))
+                for t, r in (tasks or {}).items()),
+              ("average", number(result["average"])),
+              ("trainable_percent", result.get("trainable_percent") is None or number(result["trainable_percent"]))]
+    wrong = next((key for key, ok in checks if not ok), None)
+    if wrong:
+        raise ValueError(f"{path}: '{wrong}' is missing or not what eval.py writes (name: text; tasks: an object of "
+                         f"tasks, each with a number accuracy; average and trainable_percent: numbers)")
     return result
 
 

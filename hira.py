@@ -1,7 +1,9 @@
 """HiRA: Hadamard high-rank adaptation. The low-rank product B A modulates the frozen weight elementwise.
+With lora_rank > 0, HiLoRA, the HiRA paper's combination with LoRA: a LoRA part beside the Hadamard one.
 
 This file imports only torch and math, so it can be copied alone into another project:
     names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze all that is not an adapter
+                                    # (HiLoRA: inject(model, rank=r1, lora_rank=r2))
     ...train...
     merge(model)                    # fold the updates in; plain nn.Linear layers again
 """
@@ -15,7 +17,8 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
 
 class HiRALinear(nn.Module):
-    """y = (W0 + ΔW) x + bias,   ΔW = W0 ⊙ (B A)   (HiRA paper Eq. 6).
+    """y = (W0 + ΔW) x + bias,   ΔW = W0 ⊙ (B A)   (HiRA paper Eq. 6);
+    with lora_rank > 0, HiLoRA:  ΔW = W0 ⊙ (B A) + s · lora_B lora_A,   s = alpha / lora_rank   (HiRA §6.6).
 
     W0 (out, in) is the frozen base.weight, A is (r, in) and B (out, r): the paper's A (out, r) is our B
     and its B our A, so that every adapter file uses one naming. Because B A multiplies W0 elementwise,
@@ -24,35 +27,57 @@ class HiRALinear(nn.Module):
     PEFT have none. Init (the authors' code and PEFT): A Kaiming-uniform, B = 0, so ΔW = 0 and a fresh
     adapter changes nothing.
 
+    HiLoRA: rank is r1, lora_rank r2; lora_A (r2, in) and lora_B (out, r2) have lora.py's init (drawn after
+    A) and scaling (default alpha = r2, s = 1). lora_rank = 0 is HiRA; rank = 0 drops the Hadamard part
+    (A = B = None) and is lora.py's LoRALinear, random draws and forward alike.
+
     The forward builds the (out, in) matrix W0 ⊙ (B A) every call: the method's inherent cost. With no
     dropout active, in float32 or float64, it then runs the base and the update as one matmul with
     W0 + ΔW; in bf16 or under autocast the update keeps a matmul of its own, since W0 + ΔW rounded to bf16
-    would lose a young update. Dropout acts on the update's input only.
+    would lose a young update. Dropout acts on the update's input only. HiLoRA's LoRA part is summed into
+    that (out, in) matrix too (docs/methods.md#hilora: what that costs and saves).
     A and B are float32 (float64 for a float64 base) on base.weight's device, even for a bf16 base, and
     B A and W0 ⊙ (B A) are computed in float32. model.to(torch.bfloat16) after injection converts A and B
     too: convert the model first, then inject.
     Derivations and measurements: docs/methods.md#hira
     """
 
-    def __init__(self, base, rank, dropout=0.0):
+    def __init__(self, base, rank, dropout=0.0, lora_rank=0, alpha=None):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"HiRALinear wraps an nn.Linear, got {type(base).__name__}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+            raise ValueError(f"lora_rank must be a non-negative integer, got {lora_rank!r}")
+        # HiLoRA may drop its Hadamard part (r1 = 0: LoRA)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < (0 if lora_rank else 1):
+            raise ValueError(f"rank must be a {'non-negative' if lora_rank else 'positive'} integer, got {rank!r}")
+        if alpha is not None and not lora_rank:
+            raise ValueError(f"alpha ({alpha}) scales HiLoRA's LoRA part, alpha / lora_rank: none at lora_rank 0")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base.requires_grad_(False)
-        self.rank = rank  # r in the papers
+        self.rank = rank  # r in the papers; HiLoRA's r1
+        self.lora_rank = lora_rank  # HiLoRA's r2
+        self.alpha = (lora_rank if alpha is None else alpha) if lora_rank else None
+        self.scaling = self.alpha / lora_rank if lora_rank else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         w = base.weight
         dtype = torch.promote_types(w.dtype, torch.float32)
-        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.A = self.B = self.lora_A = self.lora_B = None  # a part of rank 0 has no parameters
+        if rank:
+            self.A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=dtype))
+            self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        if lora_rank:
+            self.lora_A = nn.Parameter(torch.empty(lora_rank, base.in_features, device=w.device, dtype=dtype))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, lora_rank, device=w.device, dtype=dtype))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
     def forward(self, x):
+        if self.A is None:  # HiLoRA at r1 = 0: lora.py's forward, on the activation side
+            A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
+            return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A), B)
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # what the matmul computes in
         dropout_active = self.training and isinstance(self.dropout, nn.Dropout)
@@ -64,10 +89,16 @@ class HiRALinear(nn.Module):
         return F.linear(x, weight.to(x.dtype), self.base.bias)
 
     def delta_weight(self):
-        """ΔW = W0 ⊙ (B A), shaped like base.weight, in float32 (float64 for a float64 adapter) even under autocast."""
-        dtype = torch.promote_types(self.A.dtype, torch.float32)
-        with torch.autocast(self.A.device.type, enabled=False):
-            return self.base.weight.to(dtype) * (self.B.to(dtype) @ self.A.to(dtype))
+        """ΔW = W0 ⊙ (B A) [+ s · lora_B lora_A], shaped like base.weight, in float32 (float64 for a float64
+        adapter) even under autocast."""
+        own = self.A if self.A is not None else self.lora_A  # a parameter of the adapter: its dtype and device
+        dtype = torch.promote_types(own.dtype, torch.float32)
+        with torch.autocast(own.device.type, enabled=False):
+            lora = None if self.lora_A is None else self.scaling * (self.lora_B.to(dtype) @ self.lora_A.to(dtype))
+            if self.A is None:  # r1 = 0: lora.py's ΔW
+                return lora
+            hadamard = self.base.weight.to(dtype) * (self.B.to(dtype) @ self.A.to(dtype))
+            return hadamard if lora is None else hadamard + lora
 
     @torch.no_grad()
     def merged(self):
@@ -99,7 +130,7 @@ class HiRALinear(nn.Module):
         return self.base.bias
 
     def extra_repr(self):
-        return f"rank={self.rank}"
+        return f"rank={self.rank}" + (f", lora_rank={self.lora_rank}, alpha={self.alpha}" if self.lora_rank else "")
 
 
 def inject(model, rank, targets=TARGETS, **kw):

@@ -6,7 +6,9 @@ The folder holds the base's config.json, a model.safetensors in which every adap
 the base's tokenizer files, so transformers (AutoModelForCausalLM.from_pretrained), llama.cpp's converter
 or vLLM load it as the plain Llama/Qwen2 model it was: no adapter code, no extra computation. For PERA
 that is the paper's "no inference overhead" made concrete: once its polynomial terms are summed into W0,
-nothing of PERA is left to run. The folder appears only when complete.
+nothing of PERA is left to run. The folder appears only when complete: it is written as .<out>.partial/
+beside it, under a lock, and renamed; a merge stopped by Ctrl-C, SIGTERM or a full disk removes it, and the
+next merge into the same --out removes one that a kill left. An adapter is never merged twice into one model.
 """
 import argparse
 import json
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from model import Transformer
-from support import adapters, cli
+from support import adapters, cli, safety
 from support.safetensors_io import load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -42,10 +44,49 @@ def parse_args(argv=None):
 def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     """Write the merged model folder `out` atomically; return what was done. Bad input raises ValueError
     or FileNotFoundError naming the culprit, and then nothing is written."""
-    given = {"adapter": str(adapter), "base_model": str(model_dir)}  # for merged_from.json, as the user gave them
     adapter, model_dir, out = Path(adapter), Path(model_dir), Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; choose another --out or remove it")
+    # for merged_from.json: the paths as the user gave them, which adapter it is, and what the base already holds
+    given = {"adapter": str(adapter), "base_model": str(model_dir), "adapter_sha256": adapters.digest(adapter)}
+    if (model_dir / "merged_from.json").is_file():
+        try:
+            given["base_merged_from"] = json.loads((model_dir / "merged_from.json").read_text())
+        except ValueError as e:
+            raise ValueError(f"{model_dir / 'merged_from.json'}: not valid JSON ({e})") from None
+        check_not_merged(given)
+    # The folder is written as .<out>.partial beside out: a name derived from out, so that the next merge into it
+    # finds what a killed one left, and one that holds merge.py's lock file (made first) is merge.py's
+    partial = out.with_name(f".{out.name}.partial")
+    if partial.is_dir() and not (partial / ".lock").exists() and any(partial.iterdir()):
+        raise FileExistsError(f"{partial} is in the way: merge.py writes there, and it was not made by merge.py")
+    with safety.folder_lock(partial, "merge.py", shown=out):
+        try:
+            if out.exists():
+                raise FileExistsError(f"{out} already exists; choose another --out or remove it")
+            for leftover in partial.iterdir():  # an earlier merge's, stopped by a kill
+                if leftover.name != ".lock":
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            info = write_merged(adapter, model_dir, partial, dtype, given)
+            os.replace(partial, out)
+            (out / ".lock").unlink()
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk, bad input: nothing is left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return {**info, "bytes": (out / "model.safetensors").stat().st_size}
+
+
+def check_not_merged(given):
+    """Refuse an adapter that the base model already has merged in (its merged_from.json, and theirs before)."""
+    merged = given["base_merged_from"]
+    while isinstance(merged, dict):
+        if merged.get("adapter_sha256") == given["adapter_sha256"]:
+            raise ValueError(f"{given['base_model']} already has {given['adapter']} merged into it (its "
+                             f"merged_from.json: adapter {merged.get('adapter')}, merged into "
+                             f"{merged.get('base_model')}); merging it again would add its update twice")
+        merged = merged.get("base_merged_from")
+
+
+def write_merged(adapter, model_dir, folder, dtype, given):
+    """The merged model's files, written into folder; what merged_from.json says, and the files copied."""
     stored = {k: t.dtype for k, t in load_checkpoint_tensors(model_dir).items()}  # memory-mapped: nothing read yet
     out_dtype = {k: dtype or d for k, d in stored.items()}
     # ΔW is summed into W0 in float32 (merged() does that for any W0 dtype), so when every tensor is written in
@@ -60,28 +101,20 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
 
     config = json.loads((model_dir / "config.json").read_text())
     recorded = config.get("dtype", config.get("torch_dtype"))
-    tmp = out.with_name(f".{out.name}.partial{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_safetensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        if dtype is not None and recorded != HF_DTYPE_NAMES[dtype]:
-            # the one field that changes: what transformers' dtype="auto" loads the weights as
-            config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = HF_DTYPE_NAMES[dtype]
-            adapters.write_json(tmp / "config.json", config)
-        else:
-            shutil.copyfile(model_dir / "config.json", tmp / "config.json")  # byte for byte: the plain architecture
-        copied = [name for name in COPIED_FILES if (model_dir / name).is_file()]
-        for name in copied:
-            shutil.copyfile(model_dir / name, tmp / name)
-        # provenance; deliberately not adapter_config.json, which transformers would take for an adapter to load
-        info = {**given, "settings": spec, "merged_layers": n_layers,
-                "dtype": HF_DTYPE_NAMES[dtype] if dtype else "as stored"}
-        adapters.write_json(tmp / "merged_from.json", info)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {**info, "copied_files": copied, "bytes": (out / "model.safetensors").stat().st_size}
+    save_safetensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    if dtype is not None and recorded != HF_DTYPE_NAMES[dtype]:
+        # the one field that changes: what transformers' dtype="auto" loads the weights as
+        config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = HF_DTYPE_NAMES[dtype]
+        adapters.write_json(folder / "config.json", config)
+    else:
+        shutil.copyfile(model_dir / "config.json", folder / "config.json")  # byte for byte: the plain architecture
+    copied = [name for name in COPIED_FILES if (model_dir / name).is_file()]
+    for name in copied:
+        shutil.copyfile(model_dir / name, folder / name)
+    # provenance; deliberately not adapter_config.json, which transformers would take for an adapter to load
+    info = {**given, "settings": spec, "merged_layers": n_layers, "dtype": HF_DTYPE_NAMES[dtype] if dtype else "as stored"}
+    adapters.write_json(folder / "merged_from.json", info)
+    return {**info, "copied_files": copied}
 
 
 def main(argv=None):
@@ -99,7 +132,8 @@ def main(argv=None):
     if not args.model and not Path(base).is_dir():  # a relative path is read from the current directory
         sys.exit(f"error: {base} (the base model {config_file} names): no such folder; pass --model DIR")
     start = time.time()
-    with cli.user_input():  # a corrupt or mismatched file; an --out that exists or cannot be written
+    # a full or read-only disk; then a corrupt or mismatched file, an --out that exists
+    with cli.user_input(), cli.disk_errors(Path(args.out).parent, lambda: f"nothing was written to {args.out}"):
         info = merge_folder(adapter, base, args.out, DTYPES.get(args.dtype))
     spec = info["settings"]
     print(f"merged {spec['method']} r={spec['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "

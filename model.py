@@ -45,6 +45,9 @@ class Config:
     def __post_init__(self):
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.head_dim < 2 or self.head_dim % 2:  # RoPE rotates pairs of dimensions
+            raise ValueError(f"config: head_dim is {self.head_dim} (head_dim, or hidden_size // num_attention_heads); "
+                             f"RoPE needs a positive even number")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"config: num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                              f"num_key_value_heads ({self.num_key_value_heads})")
@@ -52,16 +55,29 @@ class Config:
     @classmethod
     def from_hf(cls, d: dict) -> "Config":
         """Read a Hugging Face config.json dict; anything this file does not implement is an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a JSON object of the model's settings, got a {type(d).__name__}")
         model_type = d.get("model_type")
         if model_type not in ("llama", "qwen2"):
             raise ValueError(f"config: model_type {model_type!r} is not supported (supported: 'llama', 'qwen2')")
+
+        def positive(v, kind):  # sizes, eps and theta: a JSON true is not 1, and 0 or less breaks the model
+            if not isinstance(v, kind) or isinstance(v, bool):
+                return False
+            return (isinstance(v, int) or math.isfinite(v)) and v > 0
+
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if not isinstance(d.get(key), int):
-                raise ValueError(f"config: required field '{key}' is missing or not an integer (got {d.get(key)!r})")
+            if not positive(d.get(key), int):
+                raise ValueError(f"config: required field '{key}' is missing or not a positive integer "
+                                 f"(got {d.get(key)!r})")
         for key, kind in (("num_key_value_heads", int), ("head_dim", int), ("max_position_embeddings", int),
-                          ("rms_norm_eps", (int, float)), ("rope_theta", (int, float))):
-            if d.get(key) is not None and (not isinstance(d[key], kind) or isinstance(d[key], bool)):
-                raise ValueError(f"config: field '{key}' is {d[key]!r}, not {'an integer' if kind is int else 'a number'}")
+                          ("rms_norm_eps", (int, float))):
+            if d.get(key) is not None and not positive(d[key], kind):
+                raise ValueError(f"config: field '{key}' is {d[key]!r}, not a positive "
+                                 f"{'integer' if kind is int else 'finite number'}")
+        for key in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if d.get(key) is not None and not isinstance(d[key], bool):
+                raise ValueError(f"config: field '{key}' is {d[key]!r}, not true or false")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"config: hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
         if d.get("use_sliding_window"):
@@ -73,8 +89,13 @@ class Config:
             raise ValueError(f"config: pretraining_tp={d['pretraining_tp']} is not supported (only 1)")
 
         # RoPE: older configs write `rope_theta` + `rope_scaling`; transformers >= 5 writes one `rope_parameters` dict.
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"config: rope_parameters / rope_scaling is {rope!r}, not a JSON object")
+        rope = dict(rope)
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        if not positive(theta, (int, float)):
+            raise ValueError(f"config: rope_theta is {theta!r}, not a positive finite number")
         rope_type = rope.pop("rope_type", rope.pop("type", "default"))
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise ValueError(f"config: partial_rotary_factor={rope['partial_rotary_factor']} is not supported")
@@ -85,6 +106,12 @@ class Config:
         missing = [k for k in required[rope_type] if k not in rope]
         if missing:
             raise ValueError(f"config: rope type {rope_type!r} needs field(s) {missing}")
+        for key in required[rope_type]:
+            if not positive(rope[key], int if key == "original_max_position_embeddings" else (int, float)):
+                raise ValueError(f"config: rope field '{key}' is {rope[key]!r}, not a positive number")
+        if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:
+            raise ValueError(f"config: rope high_freq_factor ({rope['high_freq_factor']}) must be above "
+                             f"low_freq_factor ({rope['low_freq_factor']})")
         rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope}
 
         attention_bias = bool(d.get("attention_bias", False))

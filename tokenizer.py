@@ -648,14 +648,19 @@ class Tokenizer:
         spec = _read_json(path)
         config_path = path.with_name("tokenizer_config.json")
         config = _read_json(config_path) if config_path.exists() else {}
+        if not isinstance(config, dict) or not isinstance(config.get("add_bos_token", False), bool):
+            raise ValueError(f"{config_path}: expected a JSON object whose add_bos_token, if given, is true or false")
         try:
             if not isinstance(spec, dict):
                 raise ValueError("top level is not a JSON object")
-            return cls(spec, config, bos, eos)
+            tokenizer = cls(spec, config, bos, eos)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: malformed tokenizer ({type(e).__name__}: {e})") from None
+        if tokenizer.add_bos and tokenizer.bos_id is None:  # encode(bos=True) would fail on every text
+            raise ValueError(f"{config_path}: add_bos_token is true, but there is no bos_token (null)")
+        return tokenizer
 
     def _special_id(self, explicit, config, key, names):
         """Explicit name, else tokenizer_config.json's entry (null means none), else the first conventional name."""

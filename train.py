@@ -7,7 +7,7 @@ LLM-Adapters prompt with the loss on the response, 120 held-out validation examp
 then linear decay, batch 16, targets q, k, v, up, down. Writes to --out: the best adapter by validation
 loss in PEFT's layout (adapter_model.safetensors + adapter_config.json), args.json, log.jsonl (one line
 per step), metrics.json, and checkpoint/state.pt, from which --resume continues an interrupted run exactly
-(support/safety.py: the lock, held Ctrl-C, the state, the resume checks).
+(support/safety.py: the lock, Ctrl-C and SIGTERM held to the step's end, the state, the resume checks).
 For PERA, every --pera-log-every steps a log record also carries how much the polynomial terms carry:
 poly_share_median and poly_share_max (‖ΔW − sBA‖/‖sBA‖ over the layers), their bound from the factors' sizes
 (poly_share_bound_median, poly_share_bound_max) and its factors (b_max_median, a_max_median, rho_median),
@@ -40,10 +40,10 @@ from tokenizer import Tokenizer
 # The papers' values; HiRA needs ~10x LoRA's. DoRA: 1e-4 as its authors' commonsense runs on LLaMA-7B (r = 32)
 # and LLaMA3-8B (NVlabs/DoRA, commonsense_reasoning/README.md; their other runs used 2e-4). LoRAN's authors
 # give no commonsense learning rate: LoRA's.
-DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1e-4}
+DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1e-4, "hilora": 1e-3}
 # The HiRA authors' code applies no dropout; DoRA's commonsense runs use LLM-Adapters' 0.05; LoRAN's
 # released run (20-Newsgroups, Llama-2-7B) 0.2.
-DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2}
+DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2, "hilora": 0.0}
 TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight tasks' training data, as the papers use
 
 
@@ -55,43 +55,51 @@ def parse_args(argv=None):
     p.add_argument("--train-file", default=None, help=f"one JSON file of training records, 'none' for the per-task "
                    f"sets (default: <data>/{TRAIN_MIX} when present and --tasks is not given)")
     p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
-    p.add_argument("--rank", type=int, default=16, help="r")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default alpha = r)")
-    p.add_argument("--dropout", type=float, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
-                   "as their papers; 0 for HiRA, as its authors' code; 0.2 for LoRAN, as its authors' released run)")
+    p.add_argument("--rank", type=cli.COUNT, default=16, help="r (HiLoRA: r1, its Hadamard part's, which may be 0)")
+    p.add_argument("--lora-rank", type=cli.COUNT, default=None, help="HiLoRA's r2, the rank of its LoRA part (needed by "
+                   "--method hilora, and only by it)")
+    p.add_argument("--alpha", type=cli.NONZERO, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default "
+                   "alpha = r); HiLoRA's LoRA part's alpha / r2 (default alpha = r2)")
+    p.add_argument("--dropout", type=cli.DROPOUT, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
+                   "as their papers; 0 for HiRA, as its authors' code, and HiLoRA, to which the HiRA paper gives no "
+                   "settings of its own; 0.2 for LoRAN, as its authors' released run)")
     p.add_argument("--terms", choices=["all", "square", "cross"], default="all", help="PERA's polynomial terms")
-    p.add_argument("--degree", type=int, default=2, help="PERA's polynomial degree")
+    p.add_argument("--degree", type=cli.Number(int, low=2), default=2, help="PERA's polynomial degree")
     p.add_argument("--init", choices=["code", "paper"], default="code",
                    help="PERA's init: the authors' code (A Kaiming, B = 0) or the paper's text (A = 0, B Gaussian)")
-    p.add_argument("--h-lr-ratio", type=float, default=1.0,
+    p.add_argument("--h-lr-ratio", type=cli.POSITIVE, default=1.0,
                    help="PERA: h's learning rate is this times --lr (its own AdamW group, same schedule)")
-    p.add_argument("--pera-log-every", type=int, default=5,
+    p.add_argument("--pera-log-every", type=cli.POSITIVE_INT, default=5,
                    help="PERA: log the polynomial share, max |h| and h's gradient norm every N steps (and at the "
                         "last); one record costs 0.5-1.3 %% of a SmolLM2-135M step (study.py log-cost)")
-    p.add_argument("--amplitude", type=float, default=5e-4, help="LoRAN's Sinter amplitude λ (the authors' default; "
+    p.add_argument("--amplitude", type=cli.FINITE, default=5e-4, help="LoRAN's Sinter amplitude λ (the authors' default; "
                    "their 20-Newsgroups run: 5e-5)")
-    p.add_argument("--omega", type=float, default=1e3, help="LoRAN's Sinter frequency ω (the authors' default; "
+    p.add_argument("--omega", type=cli.FINITE, default=1e3, help="LoRAN's Sinter frequency ω (the authors' default; "
                    "their 20-Newsgroups run: 1e4)")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
-                   "paper; 1e-3 HiRA, as its paper; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
+    p.add_argument("--lr", type=cli.POSITIVE, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
+                   "paper; 1e-3 HiRA, as its paper, and HiLoRA, whose Hadamard part needs HiRA's; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
                    "commonsense runs; 1e-4 LoRAN, LoRA's, its paper giving none for this task)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
-    p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward pass (gradient accumulation)")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    p.add_argument("--warmup-steps", type=int, default=100,
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16, help="examples per optimizer step")
+    p.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
+                   help="examples per forward pass (gradient accumulation)")
+    p.add_argument("--epochs", type=cli.POSITIVE, default=3.0)
+    p.add_argument("--max-steps", type=cli.POSITIVE_INT, default=None, help="optimizer steps; overrides --epochs")
+    p.add_argument("--warmup-steps", type=cli.COUNT, default=100,
                    help="linear warm-up steps, at most a tenth of the run (so that a short run still reaches --lr)")
-    p.add_argument("--eval-every", type=int, default=200, help="validation loss every N steps (and at the end)")
-    p.add_argument("--save-every", type=int, default=None, help="resumable state every N steps (default: --eval-every)")
-    p.add_argument("--val-size", type=int, default=120, help="examples held out of the training mix")
-    p.add_argument("--cutoff", type=int, default=commonsense.PROMPT_CUTOFF, help="prompt tokens kept")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--eval-every", type=cli.POSITIVE_INT, default=200,
+                   help="validation loss every N steps (and at the end)")
+    p.add_argument("--save-every", type=cli.POSITIVE_INT, default=None,
+                   help="resumable state every N steps (default: --eval-every)")
+    p.add_argument("--val-size", type=cli.COUNT, default=120, help="examples held out of the training mix")
+    p.add_argument("--cutoff", type=cli.POSITIVE_INT, default=commonsense.PROMPT_CUTOFF,
+                   help="prompt tokens kept (at least the template's, to the end of \"### Response:\")")
+    p.add_argument("--weight-decay", type=cli.NON_NEGATIVE, default=0.0)
+    p.add_argument("--grad-clip", type=cli.NON_NEGATIVE, default=1.0, help="max gradient norm (0: no clipping)")
     p.add_argument("--train-on-inputs", action="store_true", help="loss on the prompt too (LLM-Adapters' default)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=cli.SEED, default=42)
     p.add_argument("--out", default=None, help="output folder (default: runs/<method>-r<rank>)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                    help="bf16: frozen base in bf16 under autocast, adapters and AdamW in float32 (default on CUDA); "
                         "fp32: everything float32 (default on CPU)")
@@ -109,7 +117,8 @@ def parse_args(argv=None):
     args.lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
     args.micro_batch_size = args.micro_batch_size or args.batch_size
     args.save_every = args.save_every or args.eval_every
-    args.out = args.out or f"runs/{args.method}-r{args.rank}"
+    r2 = f"+{args.lora_rank}" if args.lora_rank is not None else ""  # HiLoRA: runs/hilora-r<r1>+<r2>
+    args.out = args.out or f"runs/{args.method}-r{args.rank}{r2}"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.precision = args.precision or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
     if args.train_file == "none":
@@ -118,18 +127,15 @@ def parse_args(argv=None):
         args.train_file = str(Path(args.data) / TRAIN_MIX)
     elif args.train_file is not None and args.tasks is not None:
         p.error("--train-file and --tasks exclude each other")
-    problems = [f"--{name} must be positive" for name in ("rank", "batch_size", "micro_batch_size", "eval_every")
-                if getattr(args, name) < 1]
+    problems = []  # each number's own range is its argparse type's (support/cli.py); here what flags need of each other
+    if args.rank < 1 and args.method != "hilora":
+        problems.append(f"argument --rank: expected an integer >= 1 (0 only for HiLoRA's r1), got '{args.rank}'")
+    if args.method == "hilora" and (args.lora_rank is None or args.rank + args.lora_rank < 1):
+        problems.append("--method hilora needs --rank R1 and --lora-rank R2, not negative, one of them positive")
+    if args.method != "hilora" and args.lora_rank is not None:
+        problems.append(f"--lora-rank is HiLoRA's (the rank of its LoRA part), not {args.method}'s")
     if args.batch_size % args.micro_batch_size:
         problems.append(f"--batch-size ({args.batch_size}) must be a multiple of --micro-batch-size ({args.micro_batch_size})")
-    if args.max_steps is not None and args.max_steps < 1:
-        problems.append("--max-steps must be positive")
-    if not 0 <= args.dropout < 1:
-        problems.append("--dropout must be in [0, 1)")
-    if args.lr <= 0 or args.epochs <= 0 or args.val_size < 0 or args.warmup_steps < 0:
-        problems.append("--lr and --epochs must be positive, --val-size and --warmup-steps not negative")
-    if args.h_lr_ratio <= 0 or args.pera_log_every < 1:
-        problems.append("--h-lr-ratio and --pera-log-every must be positive")
     if args.method != "pera" and (args.init, args.h_lr_ratio) != ("code", 1.0):
         problems.append(f"--init and --h-lr-ratio are PERA's (h is PERA's coefficient vector), not {args.method}'s")
     if problems:
@@ -153,6 +159,10 @@ def load_examples(args, tokenizer, bos, quiet=False):
         sys.exit(f"error: only {len(records)} training records for {args.val_size} validation examples (--val-size)")
     encoded = [commonsense.encode_example(tokenizer, r, bos, args.train_on_inputs, prompt_cutoff=args.cutoff)
                for r in tqdm(records, desc="tokenizing", leave=False, disable=quiet)]
+    unscored = next((r for r, (_, labels) in zip(records, encoded) if all(t == -100 for t in labels)), None)
+    if unscored is not None:  # its loss would be 0 / 0; only an empty output and no end token make one
+        sys.exit(f"error: a training record has no response token to learn (output {unscored['output']!r}, and the "
+                 f"tokenizer has no end token): instruction {unscored['instruction'][:60]!r}")
     return tasks, encoded[args.val_size:], encoded[:args.val_size]
 
 
@@ -334,25 +344,33 @@ def setup(args):
         sys.exit(f"error: {model_dir}: no tokenizer.json (run `python prepare.py`, or pass --model DIR)")
     with cli.user_input():  # a corrupt or mismatched model folder, an impossible adapter (--terms cross --rank 1)
         tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
+        if args.cutoff < (least := commonsense.template_tokens(tokenizer, tokenizer.add_bos)):
+            raise ValueError(f"--cutoff {args.cutoff} keeps less than the prompt template alone ({least} tokens with "
+                             f"this tokenizer): every prompt would lose its end, '### Response:'; expected an "
+                             f"integer >= {least}")
         # bf16: the frozen base in bf16 under bf16 autocast (CUDA or CPU); adapter weights, grads and AdamW stay float32.
         model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
         model.grad_checkpoint = args.grad_checkpoint
         check_vocabulary(tokenizer, model, model_dir)
         spec = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                                 args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega)
+                                 args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega,
+                                 lora_rank=args.lora_rank)
+        adapters.check_fits(model, spec, device)  # a rank that would not fit is refused before it is built
         adapters.inject(model, spec)
     model.train()
     if args.compile:
         model.compile()  # each block, at its first call: the first step and the first validation take longer
     n_trainable, n_total = parameter_counts(model)
-    say(f"{args.method} r={args.rank}: trainable params {n_trainable:,} of {n_total:,} "
+    r2 = f"+{args.lora_rank}" if args.lora_rank is not None else ""  # HiLoRA: r1+r2
+    say(f"{args.method} r={args.rank}{r2}: trainable params {n_trainable:,} of {n_total:,} "
         f"({100 * n_trainable / n_total:.4f}%)")
     # Several processes: DDP averages the adapter's gradients over them after each global batch. Every process
     # made the same adapter from the same seed, so no initial broadcast of the (large) frozen model is needed.
     step_model = LossOf(model) if world == 1 else torch.nn.parallel.DistributedDataParallel(
         LossOf(model), broadcast_buffers=False, init_sync=False)
     if world > 1:
-        torch.manual_seed(args.seed * 1000 + rank)  # each process its own dropout masks
+        seed = args.seed * 1000 + rank  # each process its own dropout masks; near torch's limits, wrapped
+        torch.manual_seed(seed if cli.SEED.ok(seed) else seed % 2 ** 64)
         say(f"{world} processes ({dist.get_backend()}), {share} examples of each batch of {args.batch_size} each")
 
     say(f"training data: {args.train_file}" if args.train_file else
@@ -379,7 +397,8 @@ def setup(args):
         run.step, run.best, run.history, run.clock = safety.resume(run.state_file, model, run.optimizer, device,
                                                                    rank, world)
         if rank == 0:
-            (run.out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.history))  # drop later steps
+            # drop the steps after the state's
+            adapters.write_text(run.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
         say(f"resuming {run.out} at step {run.step}")
     elif rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -422,16 +441,19 @@ def on_step(step, record):
 
 def train_loop(args, run):
     """The recipe, one optimizer step at a time: batch, forward, loss, backward, clip, step, schedule, log,
-    validate, keep the best adapter, save the state. Ctrl-C waits for the step's end; a non-finite loss or
-    gradient stops the run before its update (support/safety.py). Returns (step, best, history, clock, seconds)."""
+    validate, keep the best adapter, save the state. Ctrl-C or SIGTERM waits for the step's end; a non-finite
+    loss or gradient stops the run before its update, a full disk where it is (support/safety.py). Returns
+    (step, best, history, clock, seconds)."""
     step, best, history = run.step, run.best, run.history
     saved_step, planned = step, (None, None)  # planned: (epoch, its batches), each epoch planned once
     bar = tqdm(total=run.total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True,
                disable=run.rank != 0)
     start_time, tokens_seen, start_step = time.time(), 0, step
-    rng_at_step, held = safety.rng_state(), safety.HeldInterrupt()
+    rng_at_step = safety.rng_state()
     clock_now = lambda: {"seconds": run.clock["seconds"] + time.time() - start_time,  # noqa: E731
                          "tokens": run.clock["tokens"] + tokens_seen}
+    stops = safety.StopSignals(run.world, run.device)
+    stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the step they come in
     try:
         while step < run.total_steps:
             epoch, index = divmod(step, run.steps_per_epoch)
@@ -450,7 +472,6 @@ def train_loop(args, run):
             grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, args.grad_clip or math.inf).item()
             if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
-            held.hold()  # from the update to the step's saved state, Ctrl-C waits
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -465,9 +486,9 @@ def train_loop(args, run):
                                                                run.device, run.autocast, run.rank, run.world), 5)
                 # the adapter kept is the best by validation loss (the latest, with no validation set)
                 if not run.val_set or record["val_loss"] < best["val_loss"]:
-                    best = {"val_loss": record.get("val_loss", math.nan), "step": step}
                     if run.rank == 0:
                         adapters.save_adapter(run.model, run.out, run.spec, base_model=args.model)
+                    best = {"val_loss": record.get("val_loss", math.nan), "step": step}
                 if run.rank == 0:
                     tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss "
                                f"{record.get('val_loss', math.nan):.4f}" + (" (best)" if best["step"] == step else ""))
@@ -485,19 +506,29 @@ def train_loop(args, run):
                     safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
                                       clock_now(), rng_ranks)
                 saved_step = step
-            held.release()  # a Ctrl-C held during the step is raised here, after its state
+            stops.check()  # a signal held during the step stops the run here, after its state
     except KeyboardInterrupt:
-        held.release(raise_pending=False)
+        stops.release()
         bar.close()
-        if run.world == 1 and not held.abandoned:  # several processes: the others' RNG cannot be gathered now
-            safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history, clock_now())
-        safety.exit_interrupted(step, saved_step, run.state_file, run.world, held.abandoned)
+        # one process, or all of them stopping at this step together: save it (unless just saved)
+        if not stops.abandoned and (run.world == 1 or stops.agreed) and saved_step != step:
+            rng_ranks = safety.gather_rng(run.world)
+            if run.rank == 0:
+                safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
+                                  clock_now(), rng_ranks)
+            saved_step = step
+        safety.exit_interrupted(step, saved_step, run.state_file, stops.abandoned)
     except FloatingPointError as e:
         bar.close()
         safety.exit_not_finite(e, saved_step, run.state_file, best, run.out)
-    finally:
-        held.release(raise_pending=False)
+    except (OSError, RuntimeError) as e:  # a full or read-only disk is one line; anything else, a bug
+        if not cli.disk_refusal(e):
+            raise
         bar.close()
+        safety.exit_write_refused(cli.disk_refusal(e), saved_step, run.state_file, best, run.out)
+    finally:
+        stops.release()
+        bar.close()  # before a --compile error's line
     clock = clock_now() if step > start_step else run.clock  # a finished run resumed: the clock stopped with its state
     return step, best, history, clock, time.time() - start_time
 
@@ -523,6 +554,8 @@ def summarize(args, run, step, best, history, clock, seconds):
                "seconds_this_session": round(seconds, 1), "seconds": round(clock["seconds"], 1),
                "seconds_per_step": round(clock["seconds"] / max(1, step), 3),
                "tokens_per_second": round(clock["tokens"] / max(clock["seconds"], 1e-9), 1), "device": str(run.device)}
+    if args.lora_rank is not None:  # HiLoRA's r2
+        metrics["lora_rank"] = args.lora_rank
     if run.rank == 0:
         adapters.write_json(run.out / "metrics.json", metrics)
     if run.world > 1:
@@ -537,7 +570,7 @@ def summarize(args, run, step, best, history, clock, seconds):
 
 def main(argv=None):
     args = parse_args(argv)
-    with safety.folder_lock(Path(args.out)):
+    with cli.disk_errors(args.out), safety.folder_lock(Path(args.out)):  # a full disk: one line
         safety.check_run_folder(args)  # --resume: the same run; otherwise: no run there to overwrite
         run = setup(args)
         with cli.compile_errors(f"the state saved last in {run.state_file} is kept: continue with the same "

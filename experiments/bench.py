@@ -16,6 +16,10 @@ a separate process that builds the model and runs the variant alone. Inference i
 through the model, logits at the last position, no_grad) with each adapter merged, against the model
 without adapters.
 
+"hilora" at rank r is HiLoRA with r1 = r − r//2, r2 = r//2 (2 + 2 at r = 4: LoRA's parameters at r); its row also
+gives its step as a multiple of HiRA's at r1 plus LoRA's at r2 less the frozen model's, when those ran too
+(`--ranks 2,4 --methods none,lora,hira,hilora`).
+
 "dora-peft" is Hugging Face PEFT's DoRA computation (peft 0.21, DoraLinearLayer / DoraLinearVariant),
 re-implemented here so that this script needs no peft and times both DoRAs on the same model code; each
 DoRA row then also gets its step time as a multiple of PEFT's.
@@ -63,7 +67,7 @@ SHAPES = {
 }
 VARIANTS = {"none": ("none", {}), "lora": ("lora", {}), "hira": ("hira", {}), "pera": ("pera", {}),
             "pera-square": ("pera", {"terms": "square"}), "pera-cross": ("pera", {"terms": "cross"}),
-            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {})}
+            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {}), "hilora": ("hilora", {})}
 
 
 class PeftDoRALinear(dora.DoRALinear):
@@ -95,22 +99,28 @@ class PeftDoRALinear(dora.DoRALinear):
 REFERENCES = {"dora-peft": PeftDoRALinear}  # re-implementations of other libraries' layers, by variant name
 
 
+def split(method, rank, kw):
+    """The rank and arguments a variant at rank r is built with: HiLoRA's r1 = r − r//2 and lora_rank r2 = r//2."""
+    return (rank - rank // 2, {**kw, "lora_rank": rank // 2}) if method == "hilora" else (rank, kw)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--model", help="a Hugging Face model folder")
     where.add_argument("--shape", choices=list(SHAPES), help="a public model's shape, randomly initialised")
-    p.add_argument("--layers", type=int, default=None, help="keep only the first N layers")
+    p.add_argument("--layers", type=cli.POSITIVE_INT, default=None, help="keep only the first N layers")
     p.add_argument("--methods", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--ranks", default="4,16")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--loss-tokens", type=int, default=16, help="positions per row with a loss (0: all)")
-    p.add_argument("--rounds", type=int, default=10, help="measured rounds (each variant once per round)")
-    p.add_argument("--infer-rounds", type=int, default=20, help="measured inference rounds (cheaper than steps)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=8)
+    p.add_argument("--seq-len", type=cli.Number(int, low=2), default=128)
+    p.add_argument("--loss-tokens", type=cli.COUNT, default=16, help="positions per row with a loss (0: all)")
+    p.add_argument("--rounds", type=cli.POSITIVE_INT, default=10, help="measured rounds (each variant once per round)")
+    p.add_argument("--infer-rounds", type=cli.POSITIVE_INT, default=20,
+                   help="measured inference rounds (cheaper than steps)")
+    p.add_argument("--warmup", type=cli.COUNT, default=2)
+    p.add_argument("--device", type=cli.device, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="benchmark: each variant also with activation checkpointing; --plan: plan with it")
@@ -125,16 +135,18 @@ def parse_args(argv=None):
     plan = p.add_argument_group("memory planner (--plan): what one training step needs, by part, without weights")
     plan.add_argument("--plan", action="store_true", help="plan the memory of a train.py run instead of measuring")
     plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in VARIANTS if m != 'none')}")
-    plan.add_argument("--rank", type=int, default=16)
-    plan.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward (default: --batch-size)")
+    plan.add_argument("--rank", type=cli.POSITIVE_INT, default=16)
+    plan.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
+                      help="examples per forward (default: --batch-size)")
     plan.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="as train.py's --precision")
-    plan.add_argument("--dropout", type=float, default=None, help="adapter dropout (default: train.py's)")
+    plan.add_argument("--dropout", type=cli.DROPOUT, default=None, help="adapter dropout (default: train.py's)")
     plan.add_argument("--measure", action="store_true", help="also run the step for real on this CPU and compare")
     plan.add_argument("--plan-grid", action="store_true", help="which methods fit on 24/48/80 GB for the papers' "
                       "7-8B models at --rank, batch 16, micro-batch 1-16, with and without checkpointing")
     other = p.add_argument_group("host work and loading")
-    other.add_argument("--host", type=int, metavar="N", help="time train.py's host work per step for N examples")
-    other.add_argument("--load-rss", type=float, metavar="GB", help="peak RSS loading a generated sharded bf16 "
+    other.add_argument("--host", type=cli.POSITIVE_INT, metavar="N",
+                       help="time train.py's host work per step for N examples")
+    other.add_argument("--load-rss", type=cli.POSITIVE, metavar="GB", help="peak RSS loading a generated sharded bf16 "
                                                                      "checkpoint of this size")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -144,6 +156,8 @@ def parse_args(argv=None):
     if (args.plan or args.plan_grid) and (args.method not in VARIANTS or args.method == "none"):
         p.error(f"--method {args.method}: choose from {', '.join(m for m in VARIANTS if m != 'none')}")
     args.micro_batch_size = args.micro_batch_size or args.batch_size
+    if args.loss_tokens >= args.seq_len:
+        p.error(f"--loss-tokens ({args.loss_tokens}) must be below --seq-len ({args.seq_len}): each predicts the next token")
     unknown = [m for m in args.methods if m not in VARIANTS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -184,7 +198,7 @@ def variant_list(args):
     for r in args.ranks:
         for m in args.methods:
             method, kw = VARIANTS[m]
-            if method != "none" and not (kw.get("terms") == "cross" and r == 1):
+            if method != "none" and not (kw.get("terms") == "cross" and r == 1) and not (method == "hilora" and r < 2):
                 out.append((m, method, r, kw))
     if getattr(args, "grad_checkpoint", False):
         out += [(label + "+ckpt", method, r, kw) for label, method, r, kw in out if method != "none"]
@@ -199,6 +213,7 @@ def make_adapters(model, method, rank, kw, targets):
     """{layer name: adapter around the model's own linear}: every variant shares the base weights."""
     torch.manual_seed(rank)
     cls = REFERENCES.get(method) or adapters.CLASSES[method]
+    rank, kw = split(method, rank, kw)
     layers = {name: cls(module, rank, **kw) for name, module in base_layers(model, targets).items()}
     with torch.no_grad():  # a trained-looking adapter, not the zero update of a fresh one
         for layer in layers.values():
@@ -335,8 +350,9 @@ def fake_model(args, config, layers=None):
     finally:
         torch.set_default_dtype(default)
     method, kw = VARIANTS[args.method]
+    rank, kw = split(method, args.rank, kw)  # HiLoRA: r1 and its lora_rank
     dropout = DEFAULT_DROPOUT[method] if args.dropout is None else args.dropout
-    adapters.inject(model, adapters.settings(method, args.rank, args.targets, dropout=dropout, **kw))
+    adapters.inject(model, adapters.settings(method, rank, args.targets, dropout=dropout, **kw))
     model.grad_checkpoint = args.grad_checkpoint
     return model.train()
 
@@ -387,7 +403,7 @@ def plan(args, micro_batches=None, traced=None) -> dict:
              "grad_bytes": trainable_bytes,  # float32, like the parameters
              "optimizer_bytes": 2 * trainable_bytes,  # AdamW's exp_avg and exp_avg_sq
              "activation_bytes": activation_bytes}
-    parts["total_bytes"] = weight_bytes + 4 * trainable_bytes + activation_bytes
+    parts["total_bytes"] = weight_bytes + adapters.STATE_BYTES * n_trainable + activation_bytes  # as adapters.check_fits
     parts["activation_bytes_per_layer"] = two - one
     return parts
 
@@ -435,11 +451,12 @@ def _measure_probe(arg_dict, warm_up=True):
     finally:
         torch.set_default_dtype(default)
     method, kw = VARIANTS[args.method]
+    rank, kw = split(method, args.rank, kw)  # HiLoRA: r1 and its lora_rank
     dropout = DEFAULT_DROPOUT[method] if args.dropout is None else args.dropout
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
-    adapters.inject(model, adapters.settings(method, args.rank, args.targets, dropout=dropout, **kw))
+    adapters.inject(model, adapters.settings(method, rank, args.targets, dropout=dropout, **kw))
     model.grad_checkpoint = args.grad_checkpoint
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -711,13 +728,16 @@ def report(variants, args, n_params):
             row.update(compiled_step_ms=1000 * compiled, compiled_vs_eager=compiled / step,
                        compiled_vs_lora=compiled / statistics.median(ref.compiled_s) if ref else None,
                        compile_s=v.first_compiled_s - compiled)
+        if v.method == "hilora":  # r = r1 + r2
+            row["lora_rank"] = split(v.method, v.rank, {})[1]["lora_rank"]
         rows.append(row)
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     print("| method | r | trainable (%) | step ms | tokens/s | step × LoRA | peak MB | peak × LoRA | "
           "merged infer ms | infer × none |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['rank'] or '-'} | {r['trainable']:,} ({r['trainable_percent']:.3f}) | "
+        ranks = f"{r['rank'] - r['lora_rank']}+{r['lora_rank']}" if "lora_rank" in r else r["rank"] or "-"
+        print(f"| {r['method']} | {ranks} | {r['trainable']:,} ({r['trainable_percent']:.3f}) | "
               f"{r['step_ms']:.1f} | {r['tokens_per_s']:.0f} | {fmt(r['step_vs_lora'], '.3f')} | "
               f"{fmt(r['peak_mb'], '.0f')} | {fmt(r['peak_vs_lora'], '.3f')} | {r['merged_infer_ms']:.1f} | "
               f"{fmt(r['infer_vs_none'], '.3f')} |")
@@ -738,6 +758,13 @@ def report(variants, args, n_params):
             print(f"| {r['method']} | {r['rank'] or '-'} | {r['step_ms']:.1f} | {r['compiled_step_ms']:.1f} | "
                   f"{r['compiled_vs_eager']:.3f} | {fmt(r['step_vs_lora'], '.3f')} | {fmt(r['compiled_vs_lora'], '.3f')} | "
                   f"{r['compile_s']:.1f} |")
+    for r in rows:  # HiLoRA against its parts: HiRA at r1 plus LoRA at r2, less the frozen model's step they both hold
+        r1, r2 = r["rank"] - r.get("lora_rank", 0), r.get("lora_rank")
+        parts = [by_label.get(key) for key in (("hira", r1), ("lora", r2), ("none", 0))]
+        if r2 and all(parts):
+            r["parts_ms"] = parts[0]["step_ms"] + parts[1]["step_ms"] - parts[2]["step_ms"]
+            r["step_vs_parts"] = r["step_ms"] / r["parts_ms"]
+            print(f"hilora r={r1}+{r2}: training step {r['step_vs_parts']:.3f} × (HiRA r={r1} + LoRA r={r2} − none)")
     print(f"medians of {args.rounds} interleaved training rounds and {args.infer_rounds} inference rounds, each after "
           f"{args.warmup} warm-up rounds" + ("; CPU time of one thread" if args.clock == "cpu" else ""))
     peft = {r["rank"]: r for r in rows if r["method"] == "dora-peft"}

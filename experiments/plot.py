@@ -128,7 +128,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Plot a key of train.py's log.jsonl files over steps, as SVG.")
     p.add_argument("logs", nargs="+", help="log.jsonl files; each run is labelled by its folder's name")
     p.add_argument("--key", default="loss", help="loss, val_loss, grad_norm, poly_share_median, h_max, ...")
-    p.add_argument("--smooth", type=int, default=1, help="running mean over this many recorded points")
+    p.add_argument("--smooth", type=cli.POSITIVE_INT, default=1, help="running mean over this many recorded points")
     p.add_argument("--log-y", action="store_true")
     p.add_argument("--title", default=None)
     p.add_argument("--out", required=True, help="the SVG file to write")
@@ -137,7 +137,7 @@ def main(argv=None):
     if missing:
         sys.exit(f"error: no such log file: {missing[0]}")
     with cli.user_input():  # a log that is not train.py's JSON lines
-        series = log_series(args.logs, args.key, max(1, args.smooth))
+        series = log_series(args.logs, args.key, args.smooth)
     if not series:
         sys.exit(f"error: no record in {', '.join(args.logs)} has the key '{args.key}'")
     if args.log_y:  # a log axis cannot show 0 (e.g. the polynomial share while h is still 0): leave it out, say so

@@ -190,7 +190,7 @@ def main(argv=None):
     c = sub.add_parser("log-cost", help="what train.py's PERA log record costs next to a training step")
     c.add_argument("--model", default="checkpoints/SmolLM2-135M-Instruct")
     c.add_argument("--data", default="data/commonsense")
-    c.add_argument("--steps", type=int, default=3)
+    c.add_argument("--steps", type=cli.POSITIVE_INT, default=3)
     c.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.command == "log-cost":

@@ -233,8 +233,20 @@ def eps_table(rows):
     return "\n".join(lines)
 
 
-def eps_plot(rows, path):
-    """PERA's gain below the rank-r floor and its polynomial share against ε, log-log."""
+def fine_tuning_eps(log, floor):
+    """Where a train.py PERA run sits on the ε axis: the RMS entry of its s·BA (the last logged
+    lora_rms_median) over that of the rank-r fit of a unit-scale target, √(1 − floor²) (the best rank-r
+    matrix keeps that fraction of ‖T‖_F, and a unit target's RMS entry is 1). Returns (ε, step)."""
+    records = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    last = next((r for r in reversed(records) if "lora_rms_median" in r), None)
+    if last is None:
+        raise ValueError(f"{log}: no lora_rms_median logged (train.py logs it for PERA runs)")
+    return last["lora_rms_median"] / math.sqrt(1 - floor ** 2), last["step"]
+
+
+def eps_plot(rows, path, marks=()):
+    """PERA's gain below the rank-r floor and its polynomial share against ε, log-log; each of `marks` (a
+    train.py PERA run's log.jsonl) a dashed vertical line at the run's ε (fine_tuning_eps)."""
     from experiments.plot import svg_plot
     pera_rows = [r for r in rows if r["method"] == "pera"]
     x = [math.log10(r["eps"]) for r in pera_rows]
@@ -242,6 +254,12 @@ def eps_plot(rows, path):
                "marker": True},
               {"label": "gain below the rank-r floor (floor − error)", "x": x,
                "y": [max(r["gain"], 1e-9) for r in pera_rows], "marker": True}]
+    ys = [y for s in series for y in s["y"]]
+    for log in marks:
+        eps, step = fine_tuning_eps(log, pera_rows[0]["eckart_young_r"])
+        run = "/".join(Path(log).parent.parts[-2:])
+        series.append({"label": f"{run}, step {step}: ε ≈ {eps:.1e}", "x": [math.log10(eps)] * 2,
+                       "y": [min(ys), max(ys)], "dash": True})
     ticks = [(v, f"1e{v:+.0f}".replace("+", "")) for v in range(math.floor(min(x)), math.ceil(max(x)) + 1)]
     first = pera_rows[0]
     Path(path).write_text(svg_plot(series, title=f"PERA against the target's scale ε ({first['target']}, rank "
@@ -253,16 +271,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
     p.add_argument("--size", default="64x64", help="out x in of the target matrices")
-    p.add_argument("--rank", type=int, default=4, help="r, the same for every method")
-    p.add_argument("--steps", type=int, default=2000, help="Adam steps per fit")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
-    p.add_argument("--tol", type=float, default=0.01,
+    p.add_argument("--rank", type=cli.Number(int, low=2), default=4,
+                   help="r, the same for every method (at least 2: PERA's cross terms need two indices)")
+    p.add_argument("--steps", type=cli.Number(int, low=10), default=2000, help="Adam steps per fit")
+    p.add_argument("--lr", type=cli.POSITIVE, default=1e-2, help="Adam's learning rate")
+    p.add_argument("--tol", type=cli.NON_NEGATIVE, default=0.01,
                    help="converged: the error fell by at most this fraction over the last 10%% of steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.SEED, default=0)
     p.add_argument("--eps-sweep", action="store_true", help="the target's scale from 1e-4 to 1 instead of the "
                    "table: LoRA and PERA on the first of --targets, one budget (--steps, --lr) for every scale")
     p.add_argument("--json", default=None, help="write the rows to this file")
     p.add_argument("--svg", default=None, help="plot the errors against the floors to this file")
+    p.add_argument("--mark", action="append", default=[], metavar="LOG",
+                   help="with --eps-sweep --svg: mark where this PERA run's update sits on the ε axis (repeatable)")
     args = p.parse_args(argv)
     targets = args.targets.split(",")
     unknown = [t for t in targets if t not in TARGETS]
@@ -272,9 +293,8 @@ def main(argv=None):
         p.error(f"--size must be OUTxIN, e.g. 64x64, got {args.size!r}")
     if unknown:
         p.error(f"unknown target(s) {', '.join(unknown)} (targets: {', '.join(TARGETS)})")
-    if args.rank < 2 or args.steps < 10 or args.lr <= 0 or min(out_features, in_features) < 2:
-        p.error("--rank must be at least 2 (PERA's cross terms need two indices), --steps at least 10, "
-                "--lr positive, the size at least 2x2")
+    if min(out_features, in_features) < 2:
+        p.error(f"--size must be at least 2x2, got {args.size!r}")
     torch.set_num_threads(1)  # small matrices: threads cost more than they give, and results stay bitwise fixed
     if args.eps_sweep:
         rows = eps_sweep(EPS, targets[0], out_features, in_features, args.rank, args.steps, args.lr, args.seed, args.tol)
@@ -286,7 +306,7 @@ def main(argv=None):
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
             if args.svg:
-                eps_plot(rows, args.svg)
+                eps_plot(rows, args.svg, args.mark)
         return rows
     rows = run(targets, out_features, in_features, args.rank, args.steps, args.lr, args.seed, args.tol)
     print(f"Relative error ‖ΔW − T‖_F / ‖T‖_F, {out_features}x{in_features} targets, rank {args.rank}, "

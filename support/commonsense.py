@@ -138,6 +138,12 @@ def response_for(record: dict, label: str) -> str:
     return prefix + label
 
 
+def template_tokens(tokenizer, bos: bool) -> int:
+    """Tokens of the prompt around an empty instruction: the fewest a prompt cut-off can keep and still end
+    with "### Response:", the line the model learns to answer after."""
+    return len(tokenizer.encode(prompt({"instruction": ""}), bos=bos))
+
+
 def encode_example(tokenizer, record: dict, bos: bool, train_on_inputs=False,
                    prompt_cutoff=PROMPT_CUTOFF, target_cutoff=TARGET_CUTOFF):
     """Token ids of prompt + output + end token, and labels (-100 where no loss is taken).

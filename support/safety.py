@@ -1,11 +1,14 @@
-"""What makes a train.py run safe to stop, kill, resume and share a machine with; the loop calls each in a line.
+"""What makes a run safe to stop, kill, resume and share a machine with; the loop calls each in a line.
 
-One writer per folder. `folder_lock` holds out/.lock (made with O_EXCL, holding pid and host) for the whole
-    run: a second train.py on the same --out is refused with one line. A lock whose process is gone (a
-    kill -9) is stale and taken over, and the temporary files that run left half-written are removed.
-A step is one unit. Between `HeldInterrupt.hold()` (before the update) and `release()` (after the step's
-    state is saved), Ctrl-C waits; a state therefore always holds a whole step: update, validation, best
-    adapter, log line. A second Ctrl-C does not wait: the step is abandoned, the state before it stands.
+One writer per folder. `folder_lock` holds out/.lock with fcntl.flock for the whole run: a second train.py
+    (or eval.py, merge.py) on the same folder is refused with one line. The kernel grants the lock to one
+    holder at a time and releases it when the holder's process ends, even by kill -9: no lock is ever stale,
+    and no pid is guessed. Once it is ours no one else writes there, so temporary files left there are a
+    killed run's: they are removed.
+A step is one unit. Inside `StopSignals`, Ctrl-C (SIGINT) and SIGTERM (what `timeout`, SLURM, Kubernetes
+    and torchrun send first) are noted, and the run stops at `check()`, after the step's state is saved; a
+    state therefore always holds a whole step: update, validation, best adapter, log line. A second signal
+    does not wait: the step is abandoned, the state before it stands. Several processes stop at one step.
 Resume is the uninterrupted run, byte for byte. The state file (`save_state`, written atomically) holds
     the adapter, AdamW's moments, the step, the best so far, the log and the RNG states of every process
     (`rng_state`, `gather_rng`), so a resumed run draws the same dropout masks (the batches are a pure
@@ -14,11 +17,13 @@ Resume is the uninterrupted run, byte for byte. The state file (`save_state`, wr
 Resume continues the same run only. `check_run_folder` compares the arguments that define a run
     (RUN_DEFINING) with the folder's args.json and names any that differ; without --resume a folder that
     already holds a run is refused rather than overwritten.
-A NaN stops cleanly. A non-finite loss or gradient norm stops the run before its update, with one line
-    (`exit_not_finite`) naming the state and the best adapter kept; nothing of the bad step is saved.
+A NaN or a full disk stops cleanly. A non-finite loss or gradient norm stops the run before its update, and
+    a write the disk refuses stops it where it is, each with one line (`exit_not_finite`, `exit_write_refused`)
+    naming the state and the best adapter kept; nothing of the bad step is saved.
 Several processes. `setup_distributed` joins the torchrun job (nccl on GPUs, gloo on CPUs); only the first
     process takes the lock and writes files.
 """
+import fcntl
 import json
 import os
 import random
@@ -27,6 +32,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,7 +46,7 @@ STATE_FILE = Path("checkpoint") / "state.pt"  # inside --out
 TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
 # Arguments that define a run: --resume refuses to continue a run with different ones.
 RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "amplitude", "omega",
-                "targets", "lr",
+                "lora_rank", "targets", "lr",
                 "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
                 "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio", "train_file", "precision")
 RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0, "amplitude": 5e-4, "omega": 1e3}  # what a run saved before
@@ -51,122 +57,163 @@ RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0, "amplitude": 5e-4, "omega": 1
 # One writer per folder
 
 @contextmanager
-def folder_lock(out):
-    """Hold out/.lock (created with O_EXCL, holding our pid and host) while training into out.
+def folder_lock(folder, tool="train.py", shown=None):
+    """Hold folder/.lock while `tool` writes into folder; a second process on the same folder is refused with
+    one line naming `shown` (default: folder), and the holder's tool, pid and host, which the file holds only
+    for that message.
 
-    A second train.py on the same folder is refused; a lock whose process is gone (killed) is stale and
-    taken over. Once it is ours no one else writes in out, so temporary files left there are a killed
-    run's: they are removed.
+    The lock is fcntl.flock on the open file, held for the run's life: the kernel grants it atomically to one
+    open file at a time and releases it when that file closes, which a kill -9 does too, so no lock is stale
+    and none is guessed from a pid (a dead one, or one now reused). flock rather than fcntl's record locks:
+    those belong to the process, so a second open of the same file in the same process would pass, and
+    closing any descriptor of the file would drop them. On release the file is removed while still locked;
+    a process that locked it in between finds that the path no longer names the file it holds, and retries.
+    Once the lock is ours no one else writes in folder, so temporary files there (and in folder/checkpoint)
+    are a killed run's: they are removed.
     """
-    lock = out / ".lock"
+    lock = folder / ".lock"
     if int(os.environ.get("RANK", "0")) > 0:  # a torchrun job's other processes: the first one holds the lock
         yield
         return
-    with cli.user_input():
-        out.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+    with cli.user_input(), cli.disk_errors(folder):
+        while True:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                sys.exit(f"error: {shown or folder} is in use by {holder(lock)}; wait for it to end or choose "
+                         f"another --out")
+            if same_file(fd, lock):
                 break
-            except FileExistsError:
-                holder = read_lock(lock)
-                if holder is not None and alive(*holder):
-                    sys.exit(f"error: {out} is in use by another train.py (pid {holder[0]} on host {holder[1]}); wait "
-                             f"for it to end or choose another --out (if no such run exists, delete {lock})")
-                lock.unlink(missing_ok=True)  # stale; a race with another run taking it over is left to O_EXCL
-        else:
-            sys.exit(f"error: {out}: could not take {lock}")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        for folder in (out, out / "checkpoint"):
-            for leftover in folder.glob("*tmp*") if folder.is_dir() else []:
-                if TEMPORARY.fullmatch(leftover.name):
-                    leftover.unlink()
+            os.close(fd)  # its holder removed it between our open and our lock: take the one there now
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"tool": tool, "pid": os.getpid(), "host": socket.gethostname()}).encode())
+            for place in (folder, folder / "checkpoint"):
+                for leftover in place.glob("*tmp*") if place.is_dir() else []:
+                    if TEMPORARY.fullmatch(leftover.name):
+                        leftover.unlink()
+        except BaseException:
+            os.close(fd)
+            raise
     try:
         yield
     finally:
-        if read_lock(lock) == (os.getpid(), socket.gethostname()):
+        if same_file(fd, lock):
             lock.unlink()
+        os.close(fd)
 
 
-def read_lock(lock):
-    """(pid, host) of a lock file, or None when it is absent or unreadable (killed before writing it)."""
+def check_writable(folder):
+    """Create folder and a file in it, removed at once: a folder that cannot be written fails now (OSError),
+    not after the work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test.tmp{os.getpid()}"  # a TEMPORARY name: a kill leaves nothing that stays
     try:
-        holder = json.loads(lock.read_text())
-        return int(holder["pid"]), str(holder["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        probe.touch()
+    except OSError as e:  # said of the folder, not of the probe's name
+        raise OSError(e.errno, e.strerror, str(folder)) from None
+    probe.unlink()
 
 
-def alive(pid, host):
-    """Whether the process holding a lock still runs; one on another host is assumed to."""
-    if host != socket.gethostname():
-        return True
+def same_file(fd, path):
+    """Whether path still names the file open as fd."""
     try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return True
+
+
+def holder(lock):
+    """Who holds a lock, as its file says: its tool, pid and host."""
+    for _ in range(50):
+        try:
+            info = json.loads(lock.read_text())
+            return f"another {info['tool']} (pid {info['pid']} on host {info['host']})"
+        except (OSError, ValueError, KeyError, TypeError):  # it has just taken the lock: its name comes at once
+            time.sleep(0.01)
+    return "another process"
 
 
 # -----------------------------------------------------------------------------
-# A step is one unit: Ctrl-C waits for its end
+# A step is one unit: a signal waits for its end
 
-class HeldInterrupt:
-    """Ctrl-C between hold() and release() waits for release(), which raises it then.
+class StopSignals:
+    """Between hold() and release() SIGINT (Ctrl-C) and SIGTERM are noted; check(), at the end of each step,
+    after its state is saved, stops the run then (KeyboardInterrupt).
 
-    A step is one unit: its update, validation, best adapter, log line and state. An interrupt inside
-    it would save a state that has the step's update but not its record (or its adapter); held to the
-    step's end, it saves a state that a resumed run continues exactly. A second Ctrl-C does not wait:
-    the step is abandoned (`abandoned`), and the state saved before it is the one to resume from.
+    A step is one unit: its update, validation, best adapter, log line and state. A signal inside it would
+    save a state that has the step's update but not its record (or its adapter); held to the step's end, it
+    saves a state that a resumed run continues exactly. A second signal does not wait: the step is
+    abandoned (`abandoned`), and the state saved before it is the one to resume from. With several
+    processes check() asks them all (one all_reduce of a flag), so that every process stops after the same
+    step (`agreed`), however the signals reached them: torchrun passes its SIGTERM on to every process.
     """
 
-    def __init__(self):
-        self.pending, self.abandoned, self.previous = False, False, None
+    def __init__(self, world=1, device="cpu"):
+        self.world, self.device, self.previous = world, device, {}
+        self.pending, self.abandoned, self.agreed = None, False, False  # the first signal's name; a second; all stop
 
     def hold(self):
-        # only the main thread can set a handler; a SIGINT ignored (nohup, a background job) stays ignored
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
-            self.previous = signal.signal(signal.SIGINT, self._note) or signal.default_int_handler
+        # only the main thread can set a handler; a signal ignored (nohup, a background job) stays ignored
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    self.previous[signum] = signal.signal(signum, self._note)
+
+    def release(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
 
     def _note(self, signum, frame):
         if self.pending:
             self.abandoned = True
             raise KeyboardInterrupt
-        self.pending = True
-        tqdm.write("interrupt: finishing this step, then saving the state (Ctrl-C again: stop now, without it)")
+        self.pending = signal.Signals(signum).name
+        tqdm.write(f"{self.pending}: finishing this step, then saving (a second signal: stop now, without it)")
 
-    def release(self, raise_pending=True):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-        if self.pending and raise_pending:
-            self.pending = False
+    def check(self):
+        stop = self.pending is not None
+        if self.world > 1:  # any process's signal stops them all, here
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag)
+            stop = self.agreed = flag.item() > 0
+        if stop:
             raise KeyboardInterrupt
 
 
-def exit_interrupted(step, saved_step, state_file, world, abandoned):
-    """The line a Ctrl-C ends the run with: which state is kept, and how to continue. One process whose
-    step was not abandoned has just saved the state after `step`; otherwise the state saved last stands."""
-    if world > 1:  # the other processes' RNG states cannot be gathered now
-        sys.exit(f"\ninterrupted after step {step}; the state saved last in {state_file} (step {saved_step}) "
-                 f"is kept. Continue with the same arguments plus --resume.")
+def exit_interrupted(step, saved_step, state_file, abandoned):
+    """The line a stop by Ctrl-C or SIGTERM ends the run with: which state is kept, and how to continue."""
     if abandoned:
         sys.exit(f"\ninterrupted twice: stopped inside step {step}, without saving it; the state after step "
                  f"{saved_step} in {state_file} is kept. Continue with the same arguments plus --resume.")
+    if saved_step != step:  # several processes stopped one by one: the others' RNG states cannot be gathered
+        sys.exit(f"\ninterrupted after step {step}; the state saved last in {state_file} (step {saved_step}) "
+                 f"is kept. Continue with the same arguments plus --resume.")
     sys.exit(f"\ninterrupted after step {step}; state saved in {state_file}. Continue with the same "
              f"arguments plus --resume.")
 
 
+def kept(saved_step, state_file, best, out):
+    adapter = (f"the best adapter so far (step {best['step']}) in {out}" if best["step"] is not None else
+               "no adapter (none was saved yet)")
+    return f"Kept: the state after step {saved_step} in {state_file}, and {adapter}"
+
+
 def exit_not_finite(error, saved_step, state_file, best, out):
     """The line a NaN or infinite loss (or gradient norm) ends the run with: what was kept, what to try."""
-    kept = (f"the best adapter so far (step {best['step']}) in {out}" if best["step"] is not None else
-            "no adapter (none was saved yet)")
-    sys.exit(f"error: {error}: stopped without saving this step. Kept: the state after step {saved_step} in "
-             f"{state_file}, and {kept}. Try a lower --lr or a smaller --rank, in another --out (a resumed "
-             f"run would repeat the same steps).")
+    sys.exit(f"error: {error}: stopped without saving this step. {kept(saved_step, state_file, best, out)}. Try a "
+             f"lower --lr or a smaller --rank, in another --out (a resumed run would repeat the same steps).")
+
+
+def exit_write_refused(refused, saved_step, state_file, best, out):
+    """The line a full or read-only disk ends the run with (refused: the OSError, from cli.disk_refusal)."""
+    sys.exit(f"error: {refused.filename or out}: {refused.strerror}: stopped without saving this step. "
+             f"{kept(saved_step, state_file, best, out)}. Make room (or make it writable), then continue with "
+             f"the same arguments plus --resume.")
 
 
 # -----------------------------------------------------------------------------
@@ -181,20 +228,39 @@ def save_state(path, step, model, optimizer, rng, best, history, clock, rng_rank
         state["rng_ranks"] = rng_ranks
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def load_state(path, model, device):
-    """The saved state, checked against the model; a file that is not one is an error naming it."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        with open(tmp, "wb") as f:  # a file, not a path: a full disk is then an OSError (cli.disk_refusal)
+            torch.save(state, f)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path, model):
+    """The saved state, checked against the model; a file that train.py did not write is an error naming it.
+    It is read as data only (weights_only: tensors, numbers, text, lists, dicts): a pickle that would run code
+    is refused, not run."""
+    try:
+        # on the CPU: torch.set_rng_state takes CPU tensors only; the adapter's and AdamW's are copied to the device
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle of something else: whatever torch.load makes of it
-        raise ValueError(f"{path}: not a readable train.py state ({type(e).__name__}: {e}); delete the folder "
-                         f"and start again, or choose another --out") from None
+        # weights_only's refusal is paragraphs of advice around the line that says what it met
+        met = [line.split(". ")[0].strip(" .") for line in str(e).splitlines() if re.search("unsupported", line, re.I)]
+        raise ValueError(f"{path}: not a readable train.py state ({met[0] if met else f'{type(e).__name__}: {e}'}); "
+                         f"delete the folder and start again, or choose another --out") from None
     keys = {"step", "trainable", "optimizer", "rng", "best", "history"}
     if not isinstance(state, dict) or not keys <= set(state):
         raise ValueError(f"{path}: not a train.py state (expected the keys {', '.join(sorted(keys))})")
+    checks = {"step": isinstance(state["step"], int) and state["step"] >= 0,
+              "trainable": isinstance(state["trainable"], dict)
+              and all(isinstance(t, torch.Tensor) for t in state["trainable"].values()),
+              "optimizer": isinstance(state["optimizer"], dict) and {"state", "param_groups"} <= set(state["optimizer"]),
+              "rng": all(map(valid_rng, [state["rng"], *(state.get("rng_ranks") or [])])),
+              "best": isinstance(state["best"], dict) and {"val_loss", "step"} <= set(state["best"]),
+              "history": isinstance(state["history"], list) and all(isinstance(r, dict) for r in state["history"])}
+    wrong = [key for key, ok in checks.items() if not ok]
+    if wrong:
+        raise ValueError(f"{path}: not a train.py state (its {', '.join(wrong)}: not what train.py writes)")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
     if shapes != {n: tuple(p.shape) for n, p in params.items()}:
@@ -202,14 +268,27 @@ def load_state(path, model, device):
     return state
 
 
+def valid_rng(state):
+    """Whether a saved RNG state is one that rng_state() made: tried on new generators, ours untouched."""
+    try:
+        torch.Generator().set_state(state["torch"])
+        random.Random().setstate(state["python"])
+        return state["cuda"] is None or isinstance(state["cuda"], list)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError):
+        return False
+
+
 def resume(state_file, model, optimizer, device, rank, world):
     """Load the saved state into the adapter, AdamW and this process's RNG; (step, best, history, clock)."""
     with cli.user_input():
-        state = load_state(state_file, model, device)
+        state = load_state(state_file, model)
+        try:  # an optimizer state of other parameters or groups
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{state_file}: its AdamW state does not fit this run ({type(e).__name__}: {e})") from None
     params = dict(model.named_parameters())
     for n, t in state["trainable"].items():
         params[n].data.copy_(t)
-    optimizer.load_state_dict(state["optimizer"])
     # a run resumed with as many processes continues every process's dropout masks; otherwise the first
     # process continues the saved first one's and the others start afresh (exact when dropout is 0)
     ranks = state.get("rng_ranks")
@@ -243,7 +322,7 @@ def gather_rng(world):
 
 def same_argument(key, saved, given):
     """Paths are the same when they name the same folder ("data/" is "./data")."""
-    if key in ("model", "data") and isinstance(saved, str) and isinstance(given, str):
+    if key in ("model", "data", "adapter") and isinstance(saved, str) and isinstance(given, str):
         return Path(saved).resolve() == Path(given).resolve()
     return saved == given
 

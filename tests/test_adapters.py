@@ -1,5 +1,5 @@
-"""The identities the LoRA, HiRA, PERA, DoRA and LoRAN papers state, checked numerically on lora.py, hira.py,
-pera.py, dora.py and loran.py.
+"""The identities the LoRA, HiRA, PERA, DoRA and LoRAN papers state, checked numerically on lora.py, hira.py
+(with HiLoRA, its LoRA part), pera.py, dora.py and loran.py.
 
 Each test would fail if the code computed something else: ΔW against the paper's sums written out term
 by term, the efficient forward and its gradients against x @ ΔW^T, merged layers against adapted ones,
@@ -22,15 +22,17 @@ import pera
 from model import Config, Transformer
 
 METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran}
+FILE = {**METHODS, "hilora": hira}  # the file of each method in CASES
 ADAPTER = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,
-           "loran": loran.LoRANLinear}
+           "loran": loran.LoRANLinear, "hilora": hira.HiRALinear}  # HiLoRA: HiRALinear with a lora_rank
 TRAINABLE = {"lora": {"A", "B"}, "hira": {"A", "B"}, "pera": {"A", "B", "h"}, "dora": {"A", "B", "m"},
-             "loran": {"A", "B"}}
+             "loran": {"A", "B"}, "hilora": {"A", "B", "lora_A", "lora_B"}}
 # (method, extra arguments): every variant the properties below must hold for
 CASES = [("lora", {}), ("lora", {"alpha": 8}), ("hira", {}), ("pera", {}), ("pera", {"alpha": 2}),
          ("pera", {"terms": "square"}), ("pera", {"terms": "cross"}), ("pera", {"degree": 3}),
          ("pera", {"degree": 3, "terms": "cross"}), ("dora", {}), ("dora", {"alpha": 8}), ("loran", {}),
-         ("loran", {"alpha": 2, "amplitude": 5e-2, "omega": 30.0})]
+         ("loran", {"alpha": 2, "amplitude": 5e-2, "omega": 30.0}), ("hilora", {"lora_rank": 2}),
+         ("hilora", {"lora_rank": 3, "alpha": 6})]
 CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in kw.items()) for m, kw in CASES]
 
 
@@ -67,7 +69,7 @@ def keep(term, terms):
     return terms == "all" or (terms == "square") == (len(set(term)) == 1)
 
 
-def paper_delta(adapter, kw, A=None, B=None, h=None, m=None):
+def paper_delta(adapter, kw, A=None, B=None, h=None, m=None, lora_A=None, lora_B=None):
     """ΔW as the papers write it, one rank-one term at a time (float64 in the tests that need it).
 
     kw: the arguments the adapter was built with; alpha, terms, degree, λ and ω come from them (or the
@@ -76,9 +78,15 @@ def paper_delta(adapter, kw, A=None, B=None, h=None, m=None):
     LoRA: s B A (Eq. 8). HiRA: W0 ⊙ (B A) (HiRA Eq. 6). PERA: s (B A + Σ_{i≤j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T)
     (Eq. 9; Eq. 10 keeps i = j, Eq. 11 i < j), then for degree 3 the triples i ≤ j ≤ l, h in that order.
     DoRA: m ⊙ (W0 + s B A) / ‖W0 + s B A‖_row − W0 (DoRA Eq. 5). LoRAN: s · Sinter(B A), entry by entry.
+    HiLoRA: W0 ⊙ Σ_k b_k a_kᵀ + s Σ_k b'_k a'_kᵀ with b'_k, a'_k of lora_B, lora_A and s = alpha / r2 (HiRA §6.6).
     """
     A = adapter.A if A is None else A
     B = adapter.B if B is None else B
+    if isinstance(adapter, hira.HiRALinear) and kw.get("lora_rank"):
+        lora_A = adapter.lora_A if lora_A is None else lora_A
+        lora_B, r2 = adapter.lora_B if lora_B is None else lora_B, kw["lora_rank"]
+        return (adapter.base.weight * sum(torch.outer(B[:, k], A[k]) for k in range(A.shape[0]))
+                + kw.get("alpha", r2) / r2 * sum(torch.outer(lora_B[:, k], lora_A[k]) for k in range(r2)))
     if isinstance(adapter, hira.HiRALinear):
         return adapter.base.weight * (B @ A)
     r = A.shape[0]
@@ -487,12 +495,13 @@ def token_matmuls_forward(adapter, x):
                                                 torch.ops.aten.addmm_.default) and any(tokens in s for s in ins)]
 
 
-FUSED_CASES = [(c, i) for c, i in zip(CASES, CASE_IDS) if c[0] in ("hira", "loran")]
+FUSED_CASES = [(c, i) for c, i in zip(CASES, CASE_IDS) if c[0] in ("hira", "loran", "hilora")]
 
 
 @pytest.mark.parametrize("method,kw", [c for c, _ in FUSED_CASES], ids=[i for _, i in FUSED_CASES])
 def test_fused_forward_is_the_plain_one(method, kw):
-    """HiRA's and LoRAN's fused forward, x @ (W0 + ΔW)^T in one matmul, against their plain one, base(x) + x' @ ΔW^T.
+    """HiRA's (HiLoRA's) and LoRAN's fused forward, x @ (W0 + ΔW)^T in one matmul, against their plain one,
+    base(x) + x' @ ΔW^T.
 
     The plain form runs whenever dropout is active: a dropout of p = 0 in training reaches it with x' = x, so
     both paths run in float64 on the same numbers, and outputs and gradients agree to rounding.
@@ -502,14 +511,16 @@ def test_fused_forward_is_the_plain_one(method, kw):
     x = torch.randn(2, 5, 24, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 5, 20, dtype=torch.float64)
 
+    names = [n for n, p in adapter.named_parameters() if p.requires_grad]
+
     def run(train):
         y = adapter.train(train)(x)
-        return [y, *torch.autograd.grad((y * g).sum(), [x, adapter.A, adapter.B])]
+        return [y, *torch.autograd.grad((y * g).sum(), [x, *(adapter.get_parameter(n) for n in names)])]
 
     fused, plain = run(False), run(True)
     assert len(token_matmuls_forward(adapter.eval(), x)) == 1  # base and update in one matmul
     assert len(token_matmuls_forward(adapter.train(), x)) == 2  # base(x) and x' @ ΔW^T
-    for name, a, b in zip(["y", "x", "A", "B"], fused, plain):
+    for name, a, b in zip(["y", "x", *names], fused, plain):
         assert rel_err(a, b) < 1e-14, name
 
 
@@ -551,7 +562,9 @@ def test_dora_fast_forward_is_the_plain_one(bias):
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, terms="cubic"), ValueError, "terms"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 1, terms="cross"), ValueError, "cross"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, degree=1), ValueError, "degree"),
-    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), TypeError, "alpha"),  # HiRA has no scaling
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), ValueError, "lora_rank 0"),  # HiRA has no scaling:
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 0, lora_rank=0), ValueError, "rank"),  # alpha is HiLoRA's LoRA part's
+    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, lora_rank=-1), ValueError, "lora_rank"),
     (lambda: dora.DoRALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
     (lambda: dora.DoRALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
     (lambda: dora.DoRALinear(nn.Linear(4, 4), 2, dropout=-0.1), ValueError, "dropout"),
@@ -656,12 +669,12 @@ def test_meta_device_then_to_empty_and_load_state_dict_gives_the_same_model(meth
     """How large models are built: no memory until to_empty(), then every tensor comes from a state_dict."""
     torch.manual_seed(0)
     model = Toy()
-    names = METHODS[method].inject(model, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
+    names = FILE[method].inject(model, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
     for i, name in enumerate(names):
         randomize(model.get_submodule(name), seed=i, std=0.3)
     with torch.device("meta"):
         built = Toy()
-        METHODS[method].inject(built, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
+        FILE[method].inject(built, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
     built.to_empty(device="cpu")
     with torch.no_grad():  # to_empty leaves memory uninitialised: make that garbage deterministic
         for t in [*built.parameters(), *built.buffers()]:
@@ -811,8 +824,8 @@ def test_the_readmes_adapter_only_state_dict_round_trip(method, tmp_path):
     METHODS[method].inject(model, 4)
     for i, layer in enumerate(m for m in model.modules() if isinstance(m, ADAPTER[method])):
         randomize(layer, seed=i, std=0.1)
-    # docs/usage.md's two lines
-    keys = (".A", ".B", ".h", ".m")
+    # docs/usage.md's three lines
+    keys = (".A", ".B", ".h", ".m", ".lora_A", ".lora_B")
     torch.save({k: v for k, v in model.state_dict().items() if k.endswith(keys)}, tmp_path / "adapter.pt")
     fresh = tiny_model()
     METHODS[method].inject(fresh, 4)
@@ -957,3 +970,111 @@ def test_loran_rank_is_full(r):
     assert rank_of(adapter) == 48  # the elementwise sine of a rank-r matrix: full rank, for LoRA's parameters
     adapter.amplitude = 0.0
     assert rank_of(adapter) == r
+
+
+# ---------------------------------------------------------------------------------------------------
+# HiLoRA (HiRA paper §6.6): ΔW = W0 ⊙ (B A) + s · lora_B lora_A. r2 = 0 is HiRA and r1 = 0 is LoRA, bit for bit.
+
+def outputs_gradients_and_merge(layer, params, x, seed=7):
+    """What a layer computes from x, each bit of it: the output in training (dropout drawn from `seed`), the
+    gradients of params, ΔW, the merged weight and the output in eval mode."""
+    torch.manual_seed(seed)
+    y = layer.train()(x)
+    grads = torch.autograd.grad(y.float().square().sum(), params)
+    with torch.no_grad():
+        return [y, *grads, layer.delta_weight(), layer.merged().weight, layer.eval()(x)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [None, 8])
+def test_hilora_at_r1_zero_is_lora_bit_for_bit(alpha, dtype):
+    base = make_base(dtype=dtype)
+    torch.manual_seed(0)
+    lo = lora.LoRALinear(base, 4, alpha=alpha, dropout=0.1)
+    torch.manual_seed(0)
+    hl = hira.HiRALinear(base, 0, lora_rank=4, alpha=alpha, dropout=0.1)
+    assert hl.A is None and hl.B is None and torch.equal(hl.lora_A, lo.A)  # the same random draws
+    assert {n for n, p in hl.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
+    with torch.no_grad():
+        lo.B.normal_()
+        hl.lora_B.copy_(lo.B)
+    x = torch.randn(2, 5, 24, dtype=dtype)
+    ours = outputs_gradients_and_merge(hl, [hl.lora_A, hl.lora_B], x)
+    theirs = outputs_gradients_and_merge(lo, [lo.A, lo.B], x)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert not torch.equal(ours[0], ours[-1])  # dropout was drawn, the same masks for both
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_hilora_at_r2_zero_is_hira_and_its_lora_part_adds_to_it(dropout):
+    base = make_base()
+    torch.manual_seed(0)
+    hi = hira.HiRALinear(base, 4, dropout=dropout)
+    torch.manual_seed(0)
+    hl = hira.HiRALinear(base, 4, lora_rank=2, dropout=dropout)
+    assert torch.equal(hl.A, hi.A)  # the Hadamard part is drawn first: HiRA's A for the same seed
+    assert set(hira.HiRALinear(base, 4, lora_rank=0).state_dict()) == set(hi.state_dict())  # r2 = 0: HiRA's tensors
+    with torch.no_grad():
+        hi.B.normal_()
+        hl.B.copy_(hi.B)
+    x = torch.randn(2, 5, 24)
+    # a LoRA part with lora_B = 0 (a fresh one) adds exactly nothing: HiRA's outputs, gradients and merge
+    ours = outputs_gradients_and_merge(hl, [hl.A, hl.B], x)
+    assert all(torch.equal(a, b) for a, b in zip(ours, outputs_gradients_and_merge(hi, [hi.A, hi.B], x)))
+    with torch.no_grad():
+        hl.lora_B.normal_()
+        assert torch.equal(hl.delta_weight(), hi.delta_weight() + hl.lora_B @ hl.lora_A)  # s = 1: alpha = r2
+        # one dropout mask for the whole update: y = W0 x + bias + ΔW dropout(x), ΔW both parts
+        torch.manual_seed(3)
+        y = hl.train()(x)
+        torch.manual_seed(3)
+        expected = base(x) + F.dropout(x, dropout, training=True) @ hl.delta_weight().T
+        assert rel_err(y, expected) < 1e-6
+
+
+def test_hilora_rank_is_above_r1_plus_r2_and_bounded_by_rank_w0_times_r1_plus_r2():
+    full = randomize(make("hilora", make_base(64, 64, dtype=torch.float64), rank=3, lora_rank=2))
+    assert rank_of(full) == 64  # min(out, in), far above r1 + r2 = 5, for a random (full-rank) W0
+    base = make_base(64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(64, 2, dtype=torch.float64) @ torch.randn(2, 64, dtype=torch.float64))
+    assert rank_of(randomize(make("hilora", base, rank=3, lora_rank=2))) == 2 * 3 + 2  # rank(W0) · r1 + r2
+    assert rank_of(randomize(make("hilora", base, rank=0, lora_rank=2))) == 2  # r1 = 0: LoRA's r2
+
+
+@pytest.mark.parametrize("r1, r2", [(4, 0), (3, 1), (2, 2), (1, 3), (0, 4)])
+def test_hilora_trainable_parameters_are_out_plus_in_times_r1_plus_r2(r1, r2):
+    adapter = make("hilora", make_base(24, 20), rank=r1, lora_rank=r2)
+    assert sum(p.numel() for p in adapter.parameters() if p.requires_grad) == (20 + 24) * (r1 + r2)
+
+
+def test_hilora_costs_hiras_token_matmuls_and_at_r1_zero_builds_no_out_by_in_matrix():
+    def token_matmuls(adapter):
+        return sum(1 for f, ins, _ in record_training_step(adapter)
+                   if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and any(7 in s for s in ins))
+
+    both = randomize(make("hilora", make_base(40, 48), rank=3, lora_rank=2))
+    assert token_matmuls(both) == 1 + 2  # as HiRA's: the LoRA part is summed into the (out, in) matrix
+    lora_only = randomize(make("hilora", make_base(40, 48), rank=0, lora_rank=2, dropout=0.1))
+    assert not builds_out_by_in(record_training_step(lora_only))  # r1 = 0: lora.py's activation side
+
+
+def test_hilora_inject_train_save_alone_and_merge():
+    model = tiny_model()
+    names = hira.inject(model, 2, lora_rank=3, alpha=6)
+    layer = model.get_submodule(names[0])
+    assert (layer.rank, layer.lora_rank, layer.scaling) == (2, 3, 2.0)
+    assert {n.rsplit(".", 1)[1] for n, p in model.named_parameters() if p.requires_grad} == TRAINABLE["hilora"]
+    for i, name in enumerate(names):
+        randomize(model.get_submodule(name), seed=i, std=0.1)
+    # docs/usage.md's adapter-only state dict, HiLoRA's LoRA part included
+    keys = (".A", ".B", ".h", ".m", ".lora_A", ".lora_B")
+    saved = {k: v for k, v in model.state_dict().items() if k.endswith(keys)}
+    fresh = tiny_model()
+    hira.inject(fresh, 2, lora_rank=3, alpha=6)
+    assert not fresh.load_state_dict(saved, strict=False).unexpected_keys
+    with torch.no_grad():
+        adapted = model(tokens())
+        assert torch.equal(fresh(tokens()), adapted)
+        assert rel_err(hira.merge(model)(tokens()), adapted) < 1e-5
+    assert all(type(model.get_submodule(n)) is nn.Linear for n in names)

@@ -1,5 +1,6 @@
 """bench.py measures the right things: each variant is the method it names, on the shared frozen base."""
 import json
+import types
 
 import pytest
 import torch
@@ -26,8 +27,11 @@ def test_variants_count_the_papers_parameters_and_share_the_base():
         dora_count = lora_count + sum(o for _, o in shapes)  # one magnitude per output row
         expected = {"none": 0, "lora": lora_count, "hira": lora_count, "pera": lora_count + n * r * (r + 1) // 2,
                     "pera-square": lora_count + n * r, "pera-cross": lora_count + n * r * (r - 1) // 2,
-                    "dora": dora_count, "dora-peft": dora_count, "loran": lora_count}[v.label]
+                    "dora": dora_count, "dora-peft": dora_count, "loran": lora_count,
+                    "hilora": lora_count}[v.label]  # (in + out)(r1 + r2)
         assert v.trainable == expected, v.label
+        if v.label == "hilora":  # r split as r1 + r2: 1 + 1, 2 + 2
+            assert all((layer.rank, layer.lora_rank) == (r // 2, r // 2) for layer in v.layers.values())
         if v.method != "none":  # every adapter wraps the model's own linear: one copy of the base weights
             assert all(layer.base is frozen[name] for name, layer in v.layers.items())
     ids_, labels = bench.batch(args, model)
@@ -61,7 +65,7 @@ def test_merged_variant_computes_what_its_adapter_computes():
 # The memory planner against this CPU, and the memory of loading a sharded checkpoint.
 
 @pytest.mark.parametrize("extra", [["--method", "lora"], ["--method", "pera", "--grad-checkpoint"],
-                                   ["--method", "hira", "--micro-batch-size", "2"]])
+                                   ["--method", "hira", "--micro-batch-size", "2"], ["--method", "hilora"]])
 def test_planned_memory_is_within_15_percent_of_the_measured_peak(extra):
     args = bench.parse_args(["--plan", "--shape", "smollm2-135m", "--layers", "6", "--rank", "16", "--batch-size", "4",
                              "--seq-len", "128", "--precision", "fp32", *extra])
@@ -87,6 +91,20 @@ def test_planner_counts_the_papers_parameters_without_allocating():
     assert parts["trainable_params"] == lora + len(layers) * 16 * 17 // 2
     assert parts["weight_bytes"] == 2 * n_base  # bf16
     print(f"PERA r=16 on Llama-3-8B: {100 * parts['trainable_params'] / n_base:.4f}% trainable (the paper: 0.3515%)")
+
+
+def test_hilora_row_is_set_against_hira_at_r1_plus_lora_at_r2_less_the_frozen_step(capsys):
+    args = bench.parse_args(["--ranks", "2,4", "--methods", "none,lora,hira,hilora", "--rounds", "3"])
+    steps = {("none", 0): [1.0, 1.2, 1.1], ("lora", 2): [1.3, 1.3, 1.4], ("hira", 2): [1.6, 1.5, 1.5],
+             ("hilora", 2): [1.9, 2.0, 2.0], ("lora", 4): [1.4, 1.4, 1.4], ("hira", 4): [1.7, 1.7, 1.7],
+             ("hilora", 4): [1.8, 1.9, 1.8]}  # seconds per round; medians 1.1, 1.3, 1.5, ...
+    variants = [types.SimpleNamespace(label=m, method=m, rank=r, trainable=0, step_s=s, infer_s=[1.0], peak_mb=[],
+                                      compiled_s=[])
+                for (m, r), s in steps.items()]
+    rows = {(r["method"], r["rank"]): r for r in bench.report(variants, args, n_params=100)}
+    assert rows["hilora", 4]["lora_rank"] == 2 and "parts_ms" not in rows["hilora", 2]  # no HiRA and LoRA at r = 1
+    assert rows["hilora", 4]["step_vs_parts"] == pytest.approx(1.8 / (1.5 + 1.3 - 1.1))
+    assert "| hilora | 2+2 |" in capsys.readouterr().out
 
 
 def test_sharded_bf16_checkpoint_loads_without_a_float32_copy(tmp_path):

@@ -80,10 +80,10 @@ def test_merged_pera_is_unmerged_pera_and_keeps_the_tokenizer(tmp_path, stories_
     assert json.loads((out / "merged_from.json").read_text())["settings"] == adapters.settings("pera", 4, **kw)
 
 
-@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran"])
+@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran", "hilora"])
 def test_merged_qwen2_keeps_its_biases_and_gives_the_adapted_logits(tmp_path, method):
     base = HERE_FIXTURES / "models" / "tiny-qwen2"  # q/k/v biases, tied embeddings
-    adapter = random_adapter(base, tmp_path / method, method)
+    adapter = random_adapter(base, tmp_path / method, method, **({"lora_rank": 3} if method == "hilora" else {}))
     merge.main(["--adapter", str(adapter), "--out", str(tmp_path / "merged")])
     unmerged = Transformer.from_pretrained(base)
     adapters.load_adapter(unmerged, adapter)

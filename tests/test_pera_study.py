@@ -134,7 +134,7 @@ def test_h_group_lr_and_the_logged_polynomial_terms(stories_dir, data_dir, tmp_p
 @pytest.mark.parametrize("argv, message", [
     (["--method", "lora", "--init", "paper"], "are PERA's"),
     (["--method", "hira", "--h-lr-ratio", "10"], "are PERA's"),
-    (["--h-lr-ratio", "0"], "--h-lr-ratio and --pera-log-every must be positive"),
+    (["--h-lr-ratio", "0"], "argument --h-lr-ratio: expected a finite number > 0, got '0'"),
     (["--init", "kaiming"], "invalid choice"),
 ])
 def test_bad_study_arguments_are_one_clear_error(capsys, argv, message):

@@ -2,6 +2,7 @@
 
 On the real stories260K model and small copies of the real data, like tests/test_train_eval.py.
 """
+import contextlib
 import json
 import math
 import os
@@ -82,14 +83,15 @@ def assert_same_run(a, b):
     assert {k: v for k, v in ma.items() if k not in timing} == {k: v for k, v in mb.items() if k not in timing}
 
 
-def interrupt_inside(monkeypatch, owner, name, hits, times):
-    """Wrap owner.name so that its first call sends this process `times` real SIGINTs, then does its work."""
+def interrupt_inside(monkeypatch, owner, name, hits, times, signum=signal.SIGINT):
+    """Wrap owner.name so that its first call sends this process `times` real signals (SIGINT: Ctrl-C), then
+    does its work."""
     real = getattr(owner, name)
 
     def wrapped(*a, **kw):
         hits.append(name)
         for _ in range(times if len(hits) == 1 else 0):
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         return real(*a, **kw)
 
     monkeypatch.setattr(owner, name, wrapped)
@@ -98,9 +100,10 @@ def interrupt_inside(monkeypatch, owner, name, hits, times):
 # -----------------------------------------------------------------------------
 # Interrupts and kills resume to the uninterrupted run
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and what schedulers send
 def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(straight, stories_dir, data_dir,
-                                                                              tmp_path, monkeypatch):
-    out, handler = tmp_path / "run", signal.getsignal(signal.SIGINT)
+                                                                              tmp_path, monkeypatch, signum):
+    out, handler = tmp_path / "run", signal.getsignal(signum)
     argv = train_args(stories_dir, data_dir, out, *COMMON, "--save-every", "2")
     # one session per place: validation (step 3), the state save (step 4, Ctrl-C twice: step 4 is abandoned and
     # the next session starts after step 3), the best adapter's save (step 6)
@@ -110,11 +113,11 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
                                         (adapters, "save_adapter", 1, "interrupted after step 6;")]:
         hits = []
         with monkeypatch.context() as m:
-            interrupt_inside(m, owner, name, hits, times)
+            interrupt_inside(m, owner, name, hits, times, signum)
             with pytest.raises(SystemExit, match=message):
                 train.main(argv + (["--resume"] if name != "validation_loss" else []))
         assert hits[:1] == [name], f"the SIGINT was not sent inside {name}"
-        assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is the user's again
+        assert signal.getsignal(signum) is handler  # the signal is the user's again
     # the last session ended with the run's last step: resuming it (with the paths spelled differently) only
     # writes metrics.json, with the timings of the sessions that trained, not zeros
     clock = torch.load(out / "checkpoint" / "state.pt", weights_only=False)["clock"]
@@ -124,17 +127,20 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
     assert_same_run(straight[0], out)
 
 
-def test_an_ignored_sigint_stays_ignored():
-    """Under nohup or as a background job SIGINT is ignored: holding it during a step must not undo that."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_ignored_signal_stays_ignored(signum):
+    """Under nohup or as a background job SIGINT is ignored (SIGTERM where a caller chose to): holding it
+    during a step must not undo that."""
+    previous = signal.signal(signum, signal.SIG_IGN)
     try:
-        held = safety.HeldInterrupt()
-        held.hold()
-        signal.raise_signal(signal.SIGINT)
-        held.release()  # nothing held, nothing raised
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        stops = safety.StopSignals()
+        stops.hold()
+        signal.raise_signal(signum)
+        stops.check()  # nothing held, nothing raised
+        stops.release()
+        assert signal.getsignal(signum) == signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous)
 
 
 class Killed(BaseException):
@@ -184,18 +190,28 @@ def test_a_second_writer_is_refused_with_one_line(stories_dir, data_dir, tmp_pat
     train.main(argv)
     assert len(refusals) == 2 and f"error: {out} is in use by another train.py (pid {os.getpid()}" in refusals[0]
     assert len(log(out)) == 2 and not (out / ".lock").exists()
-    # a lock held by another live process (here, one that sleeps) refuses a run before it writes anything
+    # a lock held by another live process refuses a run before it writes anything
+    monkeypatch.undo()
     other = tmp_path / "other"
-    other.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (other / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
-        with pytest.raises(SystemExit, match=f"in use by another train.py \\(pid {sleeper.pid} on host"):
+    with lock_held_by_another_process(other) as holder:
+        with pytest.raises(SystemExit, match=f"in use by another train.py \\(pid {holder.pid} on host"):
             train.main(train_args(stories_dir, data_dir, other, "--max-steps", "1"))
         assert [p.name for p in other.iterdir()] == [".lock"]
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(folder, tool="train.py"):
+    """A process that holds folder's lock (as train.py, eval.py or merge.py would) until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, pathlib; from support import safety\n"
+                               f"with safety.folder_lock(pathlib.Path(sys.argv[1]), {tool!r}):\n"
+                               "    print('held', flush=True); sys.stdin.read()", str(folder)],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
 
 
 def test_only_the_first_process_of_a_torchrun_job_takes_the_lock(tmp_path, monkeypatch):
@@ -354,7 +370,7 @@ TRAIN_CASES = {  # name: (how to build the bad input: (stories, data, tmp) -> (m
     "lone surrogate": (lambda s, d, t: (s, data_copy(d, t, '[' + json.dumps(record())[:-1] + ', "input": "a\\ud800"}]'),
                                        []), "record 0 field 'input' holds a lone surrogate ('\\ud800' at character 1)"),
     "config field missing": (lambda s, d, t: (model_copy(s, t, "config.json", edit_config(hidden_size=None)), d, []),
-                             "config.json: config: required field 'hidden_size' is missing or not an integer"),
+                             "config.json: config: required field 'hidden_size' is missing or not a positive integer"),
     "config field mistyped": (lambda s, d, t: (model_copy(s, t, "config.json", edit_config(num_key_value_heads="4")),
                                                d, []), "config.json: config: field 'num_key_value_heads' is '4'"),
     "truncated tokenizer": (lambda s, d, t: (model_copy(s, t, "tokenizer.json", lambda x: x[:len(x) // 2]), d, []),
@@ -364,7 +380,6 @@ TRAIN_CASES = {  # name: (how to build the bad input: (stories, data, tmp) -> (m
     "tokenizer beyond the vocabulary": (lambda s, d, t: (model_copy(s, t, "tokenizer.json", add_token), d, []),
                                         "tokenizer.json: token ids go up to 600, but"),
     "cross terms at rank 1": (lambda s, d, t: (s, d, ["--terms", "cross", "--rank", "1"]), "terms='cross' with rank 1"),
-    "degree 1": (lambda s, d, t: (s, d, ["--degree", "1"]), "degree must be an integer >= 2"),
 }
 
 
@@ -469,7 +484,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 def run_as_script(tool, argv, monkeypatch):
     """What `python tool argv` (or `python -m tool argv`) exits with; an exception other than SystemExit is the traceback it would print."""
     monkeypatch.setattr(sys, "argv", [tool, *argv])
-    handler = signal.getsignal(signal.SIGINT)
+    handler, term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         if tool.endswith(".py"):  # `python train.py ...`
             runpy.run_path(str(ROOT / tool), run_name="__main__")
@@ -478,12 +493,14 @@ def run_as_script(tool, argv, monkeypatch):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 runpy.run_module(tool, run_name="__main__")
     except SystemExit as e:
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the process is ending: no Ctrl-C traceback now
+        # the process is ending: no Ctrl-C (or SIGTERM) traceback now
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
         return e.code
     except KeyboardInterrupt:  # not left to reach pytest, which would take it for the user's and stop
         pytest.fail(f"{tool}: Ctrl-C ended in a traceback")
     finally:
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, term)
     pytest.fail(f"{tool} did not exit")
 
 

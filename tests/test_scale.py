@@ -4,14 +4,20 @@ Each test compares against the plain float32, one-process run that the other tes
 """
 import json
 import os
+import random
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import ROOT
+from test_robustness import assert_same_run
+from test_safety import SEED, lines, wait_for
 from test_train_eval import data_dir, stories_dir, train_args  # noqa: F401  (fixtures)
 
 import eval as evaluate
@@ -39,12 +45,19 @@ COMMON = ["--method", "pera", "--val-size", "13", "--max-steps", "11", "--lr", "
           "--save-every", "4", "--dropout", "0", "--warmup-steps", "2"]
 
 
-def test_two_processes_give_one_process_losses_at_every_step(stories_dir, data_dir, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def two_processes(stories_dir, data_dir, tmp_path_factory):  # noqa: F811
+    """The run of COMMON with 2 gloo processes under torchrun: its folder, and what torchrun printed."""
+    out = tmp_path_factory.mktemp("two")
+    return out, torchrun(2, "train.py", *train_args(stories_dir, data_dir, out, *COMMON))
+
+
+def test_two_processes_give_one_process_losses_at_every_step(stories_dir, data_dir, tmp_path, two_processes):  # noqa: F811
     one = train.main(train_args(stories_dir, data_dir, tmp_path / "one", *COMMON))
-    result = torchrun(2, "train.py", *train_args(stories_dir, data_dir, tmp_path / "two", *COMMON))
+    result = two_processes[1]
     assert "2 processes (gloo), 4 examples of each batch of 8 each" in result.stdout
     assert result.stdout.count("trainable params") == 1  # only the first process speaks
-    a, b = log(tmp_path / "one"), log(tmp_path / "two")
+    a, b = log(tmp_path / "one"), log(two_processes[0])
     assert [r["step"] for r in b] == list(range(1, 12))
     for key in ("loss", "grad_norm", "val_loss"):
         x, y = [r.get(key) for r in a], [r.get(key) for r in b]
@@ -52,10 +65,36 @@ def test_two_processes_give_one_process_losses_at_every_step(stories_dir, data_d
         error = max(abs(u - v) for u, v in zip(x, y) if u is not None)
         print(f"2 processes vs 1, largest difference over {len(a)} steps: {key} {error:.2e}")
         assert error < 2e-5, key
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["steps"] == one["steps"] == 11
+    assert json.loads((two_processes[0] / "metrics.json").read_text())["steps"] == one["steps"] == 11
     ours, theirs = load_safetensors(tmp_path / "one" / "adapter_model.safetensors"), \
-        load_safetensors(tmp_path / "two" / "adapter_model.safetensors")
+        load_safetensors(two_processes[0] / "adapter_model.safetensors")
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
+
+
+def test_sigterm_to_torchrun_stops_every_process_after_one_step_and_resumes_exactly(stories_dir, data_dir, tmp_path,  # noqa: F811
+                                                                                   two_processes):
+    """SIGTERM to torchrun at a random moment, as a scheduler sends it: torchrun passes it on, both processes
+    finish the same step, save one state (both RNG states in it) and exit non-zero with the line; --resume with
+    torchrun then ends on the uninterrupted run's adapter and log, byte for byte."""
+    rng, out = random.Random(SEED), tmp_path / "run"
+    argv = train_args(stories_dir, data_dir, out, *COMMON)
+    with open(tmp_path / "torchrun.txt", "w") as said:
+        run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                str(ROOT / "train.py"), *argv], stdout=said, stderr=subprocess.STDOUT, cwd=ROOT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    k = rng.randint(1, 7)  # four steps are left: the signal comes inside the training
+    wait_for(lambda: lines(out / "log.jsonl") >= k, run, f"step {k}")
+    time.sleep(rng.uniform(0, 0.1))
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=300) != 0
+    said = (tmp_path / "torchrun.txt").read_text()
+    steps = re.findall(r"interrupted after step (\d+); state saved in", said)
+    assert said.count("SIGTERM: finishing this step") == 2 and len(steps) == 2 and steps[0] == steps[1], \
+        f"seed {SEED}: {said[-3000:]}"
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    assert k <= state["step"] == int(steps[0]) <= 11 and len(state["rng_ranks"]) == 2, f"seed {SEED}"
+    torchrun(2, "train.py", *argv, "--resume")
+    assert_same_run(two_processes[0], out)
 
 
 def _rank_main(rank, world, port, argv, stop_at):

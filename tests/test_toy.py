@@ -86,7 +86,7 @@ def test_main_is_deterministic_and_writes_the_rows(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--targets", "gaussian,cubic"], "unknown target(s) cubic"),
     (["--size", "64by64"], "--size must be OUTxIN"),
-    (["--rank", "1"], "--rank must be at least 2"),
+    (["--rank", "1"], "argument --rank: expected an integer >= 2, got '1'"),
 ])
 def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     with pytest.raises(SystemExit) as e:

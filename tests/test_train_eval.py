@@ -12,7 +12,7 @@ import eval as evaluate
 import merge
 import train
 from model import Transformer
-from support import adapters, commonsense
+from support import adapters, cli, commonsense
 from support.safetensors_io import load_safetensors
 from tokenizer import Tokenizer
 
@@ -130,11 +130,14 @@ def train_args(stories_dir, data_dir, out, *extra):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--rank", "four"], "invalid int value"),
+    (["--rank", "four"], "argument --rank: expected an integer >= 0, got 'four'"),
     (["--method", "vera"], "invalid choice"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--batch-size", "10", "--micro-batch-size", "4"], "must be a multiple of --micro-batch-size"),
-    (["--rank", "0"], "--rank must be positive"),
+    (["--rank", "0"], "argument --rank: expected an integer >= 1 (0 only for HiLoRA's r1), got '0'"),
+    (["--method", "hilora", "--rank", "2"], "--method hilora needs --rank R1 and --lora-rank R2"),
+    (["--method", "hilora", "--rank", "0", "--lora-rank", "0"], "one of them positive"),
+    (["--method", "hira", "--lora-rank", "2"], "--lora-rank is HiLoRA's (the rank of its LoRA part), not hira's"),
 ])
 def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -142,7 +145,7 @@ def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran"])
+@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran", "hilora"])
 def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, data_dir, tmp_path, method,
                                                                    monkeypatch):
     out = tmp_path / method
@@ -157,14 +160,16 @@ def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, d
 
     monkeypatch.setattr(adapters, "save_adapter", save_and_record)
     metrics = train.main(train_args(stories_dir, data_dir, out, "--method", method, "--max-steps", "12",
-                                    "--lr", "3e-3" if method != "hira" else "2e-2", "--eval-every", "6"))
+                                    "--lr", "2e-2" if "hi" in method else "3e-3", "--eval-every", "6",
+                                    *(["--lora-rank", "2"] if method == "hilora" else [])))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 13))
     # Steps 1-4 and 9-12 see different batches: the loss falls by a margin no batch-to-batch noise explains
-    # (measured: 4.73 -> 3.21 LoRA and PERA, 4.74 -> 3.22 LoRAN, 4.78 -> 2.97 HiRA, 4.61 -> 3.01 DoRA; the first
-    # step is the base model's 5.22 for every method; with no optimizer step it is 5.21 -> 5.16), and so does the
-    # validation loss on the same 16 held-out examples (steps 6 and 12: 3.49 -> 3.03 LoRA and PERA, 3.50 -> 3.04
-    # LoRAN, 3.35 -> 2.78 HiRA, 3.29 -> 2.83 DoRA).
+    # (measured: 4.73 -> 3.21 LoRA and PERA, 4.74 -> 3.22 LoRAN, 4.78 -> 2.97 HiRA, 4.61 -> 3.01 DoRA, 3.91 -> 0.87
+    # HiLoRA r1 = 4, r2 = 2, its LoRA part at HiRA's lr; the first step is the base model's 5.22 for every method;
+    # with no optimizer step it is 5.21 -> 5.16), and so does the validation loss on the same 16 held-out examples
+    # (steps 6 and 12: 3.49 -> 3.03 LoRA and PERA, 3.50 -> 3.04 LoRAN, 3.35 -> 2.78 HiRA, 3.29 -> 2.83 DoRA,
+    # 1.41 -> 0.64 HiLoRA).
     first, last = (sum(r["loss"] for r in window) / 4 for window in (log[:4], log[-4:]))
     assert last < first - 1.0, (first, last)
     val = [r["val_loss"] for r in log if "val_loss" in r]
@@ -391,6 +396,7 @@ def test_table_is_the_papers_layout_with_the_papers_names():
         "| PERA r=4 (cross only) | 0.6128 | - | - | 75.00 | 75.00 |"]
     assert [evaluate.run_name({"method": m, "rank": 8}) for m in ("lora", "hira", "dora", "loran")] == [
         "LoRA r=8", "HiRA r=8", "DoRA r=8", "LoRAN r=8"]
+    assert evaluate.run_name({"method": "hilora", "rank": 20, "lora_rank": 12}) == "HiLoRA r=20+12"  # r1 + r2
 
 
 def test_rank_report_measures_each_methods_bound(stories_dir, data_dir, tmp_path):
@@ -449,7 +455,7 @@ def test_adapter_that_does_not_fit_the_model_is_named(tmp_path):
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
     model = Transformer.from_pretrained(fixture("models", "tiny-llama"))
-    with pytest.raises(ValueError, match=r"lora_A.weight' has shape \(4, 64\), the model needs \(8, 64\)"):
+    with pytest.raises(ValueError, match=r"adapter_config.json: r is 8, but the lora_A.weight tensors of .* have \[4\] rows"):
         adapters.load_adapter(model, tmp_path / "lora")
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LOHA"}))
     with pytest.raises(ValueError, match="peft_type 'LOHA' is not one of"):
@@ -520,3 +526,54 @@ def test_rank_report_shows_dora_and_loran_above_r(stories_dir, data_dir, tmp_pat
     assert row["sine_share"] == pytest.approx((5e-4 * BA * torch.sin(1e3 * BA)).norm().item() / BA.norm().item(),
                                               rel=1e-9)
     assert 0 < row["sine_share"] < 5e-4
+
+
+# -----------------------------------------------------------------------------
+# HiLoRA (hira.py with a LoRA part, HiRA paper §6.6) through train.py, its adapter file and eval.py
+
+@pytest.mark.parametrize("r1, r2, twin", [("4", "0", "hira"), ("0", "4", "lora")])
+def test_hilora_with_a_rank_of_zero_trains_as_hira_or_lora_bit_for_bit(stories_dir, data_dir, tmp_path, r1, r2, twin):
+    # r2 = 0 is HiRA, r1 = 0 is LoRA (at s = 1): with the same seed, lr and dropout (0.1, so the same masks must be
+    # drawn too) the same losses at every step, and the adapter file holds the same tensors under the same keys
+    common = ["--max-steps", "4", "--lr", "2e-2", "--eval-every", "2", "--dropout", "0.1"]
+    train.main(train_args(stories_dir, data_dir, tmp_path / "hilora", "--method", "hilora", "--rank", r1,
+                          "--lora-rank", r2, *common))
+    train.main(train_args(stories_dir, data_dir, tmp_path / twin, "--method", twin, *common))
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "time"} for line in
+             (tmp_path / run / "log.jsonl").read_text().splitlines()] for run in ("hilora", twin)]
+    assert logs[0] == logs[1] and len(logs[0]) == 4 and logs[0][0]["loss"] != logs[0][-1]["loss"]
+    ours, theirs = (load_safetensors(tmp_path / run / "adapter_model.safetensors") for run in ("hilora", twin))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(t.abs().max() > 0 for t in ours.values())  # trained: B moved off zero
+    config = json.loads((tmp_path / "hilora" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_r"], config["lora_alpha"], config["hilora_dropout"]) == (
+        "HILORA", int(r1), int(r2), None if r2 == "0" else 4.0, 0.1)
+
+
+def test_hilora_rank_report_and_file_round_trip(stories_dir, data_dir, tmp_path):
+    out = tmp_path / "hilora"
+    train.main(train_args(stories_dir, data_dir, out, "--method", "hilora", "--rank", "2", "--lora-rank", "2",
+                          "--alpha", "4", "--max-steps", "3", "--lr", "5e-2", "--eval-every", "3"))
+    tensors = load_safetensors(out / "adapter_model.safetensors")
+    layer = "model.layers.0.self_attn.q_proj"
+    assert {k.removeprefix(f"base_model.model.{layer}.") for k in tensors if layer in k} == {
+        "hira_A", "hira_B", "lora_A.weight", "lora_B.weight"}
+    rows = evaluate.main(["--adapter", str(out), "--rank-report", "--device", "cpu"])
+    # the Hadamard part lifts the rank far above r1 + r2 = 4, to min(out, in) on stories260K's layers
+    assert rows and all(4 < r["rank"] <= r["bound"] == min(r["shape"]) for r in rows)
+    # the file read back is the adapter that was trained: ΔW = W0 ⊙ (B1 A1) + (alpha / r2) B2 A2 from its tensors
+    model, _, spec = evaluate.load(evaluate.parse_args(["--adapter", str(out), "--device", "cpu"]))
+    assert spec == adapters.settings("hilora", 2, lora_rank=2, alpha=4.0)
+    q = model.get_submodule(layer)
+    t = {k: tensors[f"base_model.model.{layer}.{k}"] for k in ("hira_A", "hira_B", "lora_A.weight", "lora_B.weight")}
+    expected = q.base.weight * (t["hira_B"] @ t["hira_A"]) + 2.0 * t["lora_B.weight"] @ t["lora_A.weight"]
+    assert torch.equal(q.delta_weight(), expected)
+    # a config that lacks r2, or gives an alpha to a LoRA part of rank 0: one line naming the file and the field
+    config_file = out / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    for bad, message in [({k: v for k, v in config.items() if k != "lora_r"}, "missing field 'lora_r'"),
+                         ({**config, "lora_r": 0}, "alpha (4.0) scales HiLoRA's LoRA part")]:
+        config_file.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit) as e:
+            cli.run(evaluate.main, ["--adapter", str(out), "--rank-report", "--device", "cpu"])
+        assert e.value.code.startswith(f"error: {config_file}: {message}")
