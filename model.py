@@ -320,12 +320,17 @@ class Transformer(nn.Module):
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, weight)
 
+    def loss(self, h, targets):
+        """Summed cross-entropy, in float32, of the tokens targets (N,) predicted from final hidden states h (N, d)."""
+        return F.cross_entropy(self.logits(h).float(), targets, reduction="sum")
+
     def forward(self, idx, attention_mask=None, cache: KVCache | None = None):
         """Logits (B, T, vocab) for tokens idx (B, T); see `hidden` for the mask and the cache."""
         return self.logits(self.hidden(idx, attention_mask, cache))
 
     def compile(self, dynamic=True, **kwargs):
-        """torch.compile every block, adapters included; hidden(), forward() and generate() then run compiled.
+        """torch.compile every block, adapters included, and loss(); hidden(), forward() and generate() then run
+        compiled, and loss() fuses the log-softmax over the vocabulary and its gradient into one loop each.
 
         The blocks are alike, so they share their compiled code (regional compilation): compiling takes the
         time of one block, not of all of them. Parameter names do not change (no `_orig_mod.` prefix).
@@ -342,6 +347,7 @@ class Transformer(nn.Module):
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for layer in self.model.layers:
             layer.compile(dynamic=dynamic, options={"fallback_random": True}, **kwargs)
+        self.loss = torch.compile(self.loss, dynamic=dynamic, **kwargs)  # log-softmax and its gradient in one loop
 
     # -------------------------------------------------------------------------
     # Loading a Hugging Face checkpoint folder.

@@ -106,10 +106,10 @@ def parse_args(argv=None):
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="recompute each transformer block in the backward pass: less memory, ~1/3 more compute")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile each block, adapters included: the same run within float32 rounding (it "
-                        "resumes with or without the flag); on a CPU a step takes 0.80-0.91 x eager's (SmolLM2) "
-                        "after ~30 s of compiling at the first step. Off by default: it needs a C++ compiler and pays "
-                        "off only after ~40 steps (docs/bench.md#compile)")
+                   help="torch.compile each block, adapters included, and the loss: the same run within float32 "
+                        "rounding (it resumes with or without the flag); on a CPU a step takes 0.77-0.92 x eager's "
+                        "(SmolLM2) after ~25 s of compiling at the first step. Off by default: it needs a C++ compiler "
+                        "and pays off only after ~40 steps (docs/bench.md#compile)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     args = p.parse_args(argv)
 
@@ -202,8 +202,7 @@ def loss_sum(model, ids, labels):
     h = model.hidden(ids)[:, :-1]  # (B, T-1, d): position t predicts token t+1
     targets = labels[:, 1:]
     keep = targets != -100
-    logits = model.logits(h[keep]).float()  # (N, vocab)
-    return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+    return model.loss(h[keep], targets[keep]), int(keep.sum())  # logits (N, vocab), not (B, T, vocab)
 
 
 class LossOf(nn.Module):
