@@ -206,6 +206,7 @@ def share_bound_factors(layer):
     rho = float((sq_norm(B.abs(), A.abs()) / lora_part).sqrt()) if lora_part > 0 else 0.0
     return float(h.abs().max()) if len(h) else 0.0, M, rho
 
+
 def inject(model, rank, targets=TARGETS, **kw):
     """Wrap every nn.Linear named `target` or `*.target` in PERALinear; return the wrapped names.
 
