@@ -79,6 +79,12 @@ def schedule_sum(steps, lr, warmup):
     return sum(train.lr_at(t, args, steps) for t in range(steps))
 
 
+def slack_range(records, bound, share):
+    """(least, median, largest) of bound / share over the logged steps where the share is above 0."""
+    ratios = sorted(r[bound] / r[share] for r in records if r[share] > 0)
+    return ratios[0], ratios[len(ratios) // 2], ratios[-1]
+
+
 def growth(path, paper=PAPER):
     """The fits over the run, the extrapolations to the paper's step count, and the paper-scale prediction."""
     run_args = json.loads((Path(path).parent / "args.json").read_text())
@@ -111,8 +117,11 @@ def growth(path, paper=PAPER):
     b, da = (spread(k, "cumulative_lr", s_paper) for k in ("b_max_median", "a_growth"))
     a0_paper = 1 / math.sqrt(paper["in_features"])
     bound = [kappa * paper["rank"] * rho * h[i] * b[i] * (a0_paper + da[i]) for i in range(3)]
+    slack_over_run = {layer: slack_range(logged, f"poly_share_bound_{key}", f"poly_share_{key}")
+                      for layer, key in (("median layer", "median"), ("largest", "max")) if f"poly_share_{key}" in last}
     return {
         "run": str(path), "rank": run_args["rank"], "lr": run_args["lr"], "steps": last["step"],
+        "logged_steps": len(logged), "slack_over_run": slack_over_run,
         "cumulative_lr": last["cumulative_lr"], "warmup": warmup,
         "last": {k: last[k] for k in ("poly_share_median", "poly_share_bound_median", "h_max", "b_max_median",
                                       "a_max_median", "rho_median", "lora_rms_median")},
@@ -131,6 +140,8 @@ def markdown(g):
              "|---|" + "---|" * len(FACTORS)]
     for name, e in g["exponents"].items():
         lines.append(f"| {name} | " + " | ".join(f"{e[k]['step']:.2f} / {e[k]['cumulative_lr']:.2f}" for k in FACTORS) + " |")
+    lines += ["", f"Bound / share over the run's {g['logged_steps']} logged steps: " + "; ".join(
+        f"{layer} {lo:.3g} – {hi:.3g} (median {mid:.3g})" for layer, (lo, mid, hi) in g["slack_over_run"].items())]
     p = g["paper"]
     row = lambda name, v: f"| {name} | {v[0]:.3g} | {v[1]:.3g} – {v[2]:.3g} |"  # noqa: E731
     lines += ["", f"| at the paper's scale (r = {p['rank']}, width {p['in_features']}, lr {p['lr']:g}, {p['steps']} steps, "

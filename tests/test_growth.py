@@ -63,6 +63,7 @@ def test_the_prediction_puts_the_fitted_factors_into_the_bound_at_the_papers_set
     assert p["kappa"] == pytest.approx(0.5) and p["slack"] == pytest.approx(20) and p["rho"] == pytest.approx(3)
     assert g["exponents"]["all after warm-up"]["b_max_median"]["cumulative_lr"] == pytest.approx(0.5)
     assert "**polynomial share** (bound / slack)" in growth.markdown(g)
+    assert g["logged_steps"] == 20 and g["slack_over_run"]["median layer"] == pytest.approx((20, 20, 20))
 
 
 def test_a_log_without_the_bound_is_one_clear_error(tmp_path):
