@@ -452,8 +452,10 @@ def train_loop(args, run):
                          "tokens": run.clock["tokens"] + tokens_seen}
     stops = safety.StopSignals(run.world, run.device)
     stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the step they come in
+    inside = step  # the step in progress: the one a second signal abandons
     try:
         while step < run.total_steps:
+            inside = step + 1
             epoch, index = divmod(step, run.steps_per_epoch)
             if planned[0] != epoch:
                 planned = epoch, epoch_batches(run.lengths, args.batch_size, args.seed, epoch)
@@ -515,11 +517,15 @@ def train_loop(args, run):
                 safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
                                   clock_now(), rng_ranks)
             saved_step = step
-        safety.exit_interrupted(step, saved_step, run.state_file, stops.abandoned)
+        safety.exit_interrupted(inside if stops.abandoned else step, saved_step, run.state_file, stops.abandoned)
     except FloatingPointError as e:
         bar.close()
         safety.exit_not_finite(e, saved_step, run.state_file, best, run.out)
     except (OSError, RuntimeError) as e:  # a full or read-only disk is one line; anything else, a bug
+        if cli.compiler_signal(e):  # the terminal's Ctrl-C reached the compiler too: the step cannot finish
+            bar.close()
+            safety.exit_interrupted(inside, saved_step, run.state_file, True,
+                                    why=f"interrupted while compiling (the compiler got {cli.compiler_signal(e)})")
         if not cli.disk_refusal(e):
             raise
         bar.close()

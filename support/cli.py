@@ -21,6 +21,7 @@ import contextlib
 import errno
 import math
 import signal
+import subprocess
 import sys
 
 import torch
@@ -70,10 +71,11 @@ def compile_errors(then="run without --compile"):
     try:
         yield
     except Exception as e:
-        import torch._dynamo.exc
-        import torch._inductor.exc
-        if not isinstance(e, torch._dynamo.exc.BackendCompilerFailed):
+        if not compile_failure(e):
             raise
+        if compiler_signal(e):  # the terminal's Ctrl-C reaches the compiler too: an interrupt, not a failure
+            raise KeyboardInterrupt from None
+        import torch._inductor.exc
         cause = e.inner_exception
         if isinstance(cause, (torch._inductor.exc.InvalidCxxCompiler, torch._inductor.exc.CppCompileError)) or \
                 "C compiler" in str(cause):  # Triton: "Failed to find C compiler. Please specify via CC ..."
@@ -82,6 +84,20 @@ def compile_errors(then="run without --compile"):
                      f"compiler on a CPU, g++ or the one CXX names, and a C compiler on a GPU); {then}")
         e.add_note(f"--compile: torch.compile failed; {then}")
         raise
+
+
+def compile_failure(e):
+    """Whether e is torch.compile's failure to compile (its backend's error, inside)."""
+    dynamo = sys.modules.get("torch._dynamo.exc")  # imported by torch.compile: without it, nothing compiled
+    return dynamo is not None and isinstance(e, dynamo.BackendCompilerFailed)
+
+
+def compiler_signal(e):
+    """The name of the signal that stopped the compiler process, when that is why a compile failed; else None."""
+    ran = compile_failure(e) and e.inner_exception.__cause__  # the compiler's run, behind inductor's error
+    if isinstance(ran, subprocess.CalledProcessError) and ran.returncode < 0:
+        return signal.Signals(-ran.returncode).name
+    return None
 
 
 def run(main, argv=None):

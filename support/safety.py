@@ -185,10 +185,10 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
-def exit_interrupted(step, saved_step, state_file, abandoned):
+def exit_interrupted(step, saved_step, state_file, abandoned, why="interrupted twice"):
     """The line a stop by Ctrl-C or SIGTERM ends the run with: which state is kept, and how to continue."""
     if abandoned:
-        sys.exit(f"\ninterrupted twice: stopped inside step {step}, without saving it; the state after step "
+        sys.exit(f"\n{why}: stopped inside step {step}, without saving it; the state after step "
                  f"{saved_step} in {state_file} is kept. Continue with the same arguments plus --resume.")
     if saved_step != step:  # several processes stopped one by one: the others' RNG states cannot be gathered
         sys.exit(f"\ninterrupted after step {step}; the state saved last in {state_file} (step {saved_step}) "

@@ -105,9 +105,11 @@ def test_ctrl_c_inside_validation_or_saving_resumes_to_the_uninterrupted_run(str
                                                                               tmp_path, monkeypatch, signum):
     out, handler = tmp_path / "run", signal.getsignal(signum)
     argv = train_args(stories_dir, data_dir, out, *COMMON, "--save-every", "2")
-    # one session per place: validation (step 3), the state save (step 4, Ctrl-C twice: step 4 is abandoned and
-    # the next session starts after step 3), the best adapter's save (step 6)
+    # one session per place: validation (step 3), the forward pass and the state save (step 4, Ctrl-C twice: step 4
+    # is abandoned and the next session starts after step 3), the best adapter's save (step 6)
     for owner, name, times, message in [(train, "validation_loss", 1, "interrupted after step 3;"),
+                                        (train, "forward_backward", 2, "stopped inside step 4, without saving it; the "
+                                                                       "state after step 3"),
                                         (safety, "save_state", 2, "stopped inside step 4, without saving it; the "
                                                                  "state after step 3"),
                                         (adapters, "save_adapter", 1, "interrupted after step 6;")]:
