@@ -563,8 +563,8 @@ def summarize(args, run, step, best, history, clock, seconds):
     if run.rank == 0:
         adapters.write_json(run.out / "metrics.json", metrics)
     if run.world > 1:
-        dist.barrier()  # the processes end together, after rank 0's writes: gloo's teardown can abort a process
-        dist.destroy_process_group()  # left to close while another still works
+        dist.barrier()  # end together, after rank 0's writes: gloo may abort a process that closes before another
+        dist.destroy_process_group()
     best_text = (f"best val loss {best['val_loss']:.4f} at step {best['step']}" if run.val_set else
                  f"no validation set, the adapter is step {best['step']}'s")
     if run.rank == 0:
