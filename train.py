@@ -517,15 +517,16 @@ def train_loop(args, run):
                 safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
                                   clock_now(), rng_ranks)
             saved_step = step
-        safety.exit_interrupted(inside if stops.abandoned else step, saved_step, run.state_file, stops.abandoned)
+        # inside: the abandoned step, or (stopped by check(), at a step's end) the step just finished
+        safety.exit_interrupted(inside, saved_step, run.state_file, stops.abandoned)
     except FloatingPointError as e:
         bar.close()
         safety.exit_not_finite(e, saved_step, run.state_file, best, run.out)
     except (OSError, RuntimeError) as e:  # a full or read-only disk is one line; anything else, a bug
-        if cli.compiler_signal(e):  # the terminal's Ctrl-C reached the compiler too: the step cannot finish
+        if signum := cli.compiler_signal(e):  # the terminal's Ctrl-C reached the compiler too: the step cannot end
             bar.close()
             safety.exit_interrupted(inside, saved_step, run.state_file, True,
-                                    why=f"interrupted while compiling (the compiler got {cli.compiler_signal(e)})")
+                                    why=f"interrupted while compiling (the compiler got {signum})")
         if not cli.disk_refusal(e):
             raise
         bar.close()
