@@ -22,6 +22,8 @@ grader. Score per exercise: killed / (mutants − equivalent).
 import argparse
 import ast
 import copy
+import functools
+import importlib
 import json
 import os
 import signal
@@ -244,12 +246,11 @@ def shown(node, up):
     return node
 
 
-def candidates(source, names, ran):
+def candidates(tree, names, ran):
     """[(node index, index of the node it is shown by, function, mutation number)] of a module's mutants.
 
     Only the nodes whose code ran when the reference was graded are mutated: a branch the exercise never
     takes (HiLoRA's inside HiRA's code, a layer without a bias) is no part of it."""
-    tree = ast.parse(source)
     index, up = {node: i for i, node in enumerate(ast.walk(tree))}, parents(tree)
     found = []
     for qualname, function in functions(tree).items():
@@ -265,27 +266,31 @@ def candidates(source, names, ran):
     return found
 
 
-def mutated(source, node_index, new_of):
-    """The module's AST with node `node_index` replaced by new_of(that node)."""
-    tree = ast.parse(source)
-    nodes = list(ast.walk(tree))
-    old, parent = nodes[node_index], parents(tree)[nodes[node_index]]
-    new = new_of(old)
-    for field, value in ast.iter_fields(parent):
-        if value is old:
-            setattr(parent, field, new)
-        elif isinstance(value, list) and any(v is old for v in value):
-            value[[v is old for v in value].index(True)] = new
-    return ast.fix_missing_locations(tree)
+class Swapped:
+    """`with Swapped(up, old, new):` the tree holds `new` where it held `old`, and `old` again after the block."""
+
+    def __init__(self, up, old, new):
+        self.parent, self.old, self.new = up[old], old, new
+
+    def put(self, old, new):
+        for field, value in ast.iter_fields(self.parent):
+            if value is old:
+                setattr(self.parent, field, new)
+            elif isinstance(value, list) and any(v is old for v in value):
+                value[[v is old for v in value].index(True)] = new
+
+    def __enter__(self):
+        self.put(self.old, self.new)
+
+    def __exit__(self, *exc):
+        self.put(self.new, self.old)
 
 
-def remake(source, node_index, number):
-    """The mutant made by mutation `number` of node `node_index`."""
-    return mutated(source, node_index, lambda old: mutations(old)[number][1])
-
-
-# ---------------------------------------------------------------------------------------------------
-# Grading mutants
+def located(new, old):
+    """`new` with the source position of `old` where it has none (a node made by `mutations`)."""
+    if not hasattr(new, "lineno"):
+        ast.copy_location(new, old)
+    return ast.fix_missing_locations(new)
 
 
 def coverage(exercise, files):
@@ -348,15 +353,15 @@ def first_failure(exercise, path, seconds=20):
         signal.signal(signal.SIGALRM, previous)
 
 
-def grade_module_mutant(exercise, name, tree, path):
-    """Grade the reference with module `name` replaced by the mutated AST `tree`."""
+def grade_module_mutant(exercise, name, code, path):
+    """Grade the reference with module `name` made by `code` (the mutated module, compiled)."""
     module = ModuleType(name)
     module.__file__ = str(path)
     original = sys.modules[name]
     sys.modules[name] = module
     try:
         try:
-            exec(compile(tree, str(path), "exec"), module.__dict__)
+            exec(code, module.__dict__)
         except Exception:
             return "(the module does not load)"
         return first_failure(exercise, REFERENCE)
@@ -364,47 +369,50 @@ def grade_module_mutant(exercise, name, tree, path):
         sys.modules[name] = original
 
 
-def mutants_of(exercise):
-    """[(file, node index, function, kind, before, after)] of every mutant of one exercise."""
-    import importlib
+def mutants(exercise):
+    """{key: (kind, grade)} of every mutant of one exercise, in source order; grade() grades it in this process
+    and returns the title of the first property it fails, None when it passes them all."""
     modules = {name: Path(importlib.import_module(name).__file__) for name in TARGETS[exercise]}
     ref = REFERENCE / f"{exercise}.py"
-    hits = coverage(exercise, [ref, *modules.values()])
-    found = [(ref, *c) for c in candidates(ref.read_text(), None, hits[str(ref)])]
-    for name, path in modules.items():
-        found += [(path, *c) for c in candidates(path.read_text(), TARGETS[exercise][name], hits[str(path)])]
-    return found, modules
+    ran = coverage(exercise, [ref, *modules.values()])
+    made = {}
+    for path, module in [(ref, None), *((path, name) for name, path in modules.items())]:
+        tree = ast.parse(path.read_text())  # one tree per file: each mutant swaps its node in and out again
+        nodes, up = list(ast.walk(tree)), parents(tree)
+        names = None if module is None else TARGETS[exercise][module]
+        for node_index, show_index, qualname, number in candidates(tree, names, ran[str(path)]):
+            old = nodes[node_index]
+            kind, new = mutations(old)[number]
+            new = located(new, old)
+            before = ast.unparse(nodes[show_index])
+            with Swapped(up, old, new):
+                after = ast.unparse(new if show_index == node_index else nodes[show_index])
+            k = f"{exercise} | {path.relative_to(ROOT).as_posix()}:{qualname} | {before} → {after}"
+            k += f" #{sum(m.split(' #')[0] == k for m in made) + 1}" if k in made else ""
+            made[k] = kind, functools.partial(grade_mutant, exercise, tree, Swapped(up, old, new), path, module)
+    return made
 
 
-def key(exercise, path, qualname, before, after):
-    return f"{exercise} | {path.relative_to(ROOT).as_posix()}:{qualname} | {before} → {after}"
+def grade_mutant(exercise, tree, swap, path, module):
+    """Grade one mutant: the mutated module in place of `module`, or the mutated reference file itself."""
+    with swap:
+        code = compile(tree, str(path), "exec") if module else ast.unparse(tree)
+    if module:
+        return grade_module_mutant(exercise, module, code, path)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / f"{exercise}.py"
+        file.write_text(code)
+        return first_failure(exercise, file)
 
 
 def run(exercise, out=print):
     """{mutants, killed, equivalent, survived, score, rows} of one exercise."""
-    found, modules = mutants_of(exercise)
-    module_of = {path: name for name, path in modules.items()}
-    rows, seen = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for path, node_index, show_index, qualname, number in found:
-            source = path.read_text()
-            original = list(ast.walk(ast.parse(source)))
-            kind = mutations(original[node_index])[number][0]
-            tree = remake(source, node_index, number)
-            before, after = ast.unparse(original[show_index]), ast.unparse(list(ast.walk(tree))[show_index])
-            k = key(exercise, path, qualname, before, after)
-            seen[k] = seen.get(k, 0) + 1
-            if seen[k] > 1:
-                k += f" #{seen[k]}"
-            if path in module_of:
-                killer = grade_module_mutant(exercise, module_of[path], tree, path)
-            else:
-                file = Path(tmp) / f"{exercise}.py"
-                file.write_text(ast.unparse(tree))
-                killer = first_failure(exercise, file)
-            status = "killed" if killer else "equivalent" if k in EQUIVALENT else "survived"
-            rows.append({"mutant": k, "kind": kind, "status": status, "killed_by": killer})
-            out(f"  {status:10}  {k}" + (f"\n              by: {killer}" if killer else ""))
+    rows = []
+    for k, (kind, grade_it) in mutants(exercise).items():
+        killer = grade_it()
+        status = "killed" if killer else "equivalent" if k in EQUIVALENT else "survived"
+        rows.append({"mutant": k, "kind": kind, "status": status, "killed_by": killer})
+        out(f"  {status:10}  {k}" + (f"\n              by: {killer}" if killer else ""))
     count = {s: sum(r["status"] == s for r in rows) for s in ("killed", "equivalent", "survived")}
     live = len(rows) - count["equivalent"]
     return {"mutants": len(rows), **count, "score": round(count["killed"] / live, 4) if live else 1.0, "rows": rows}

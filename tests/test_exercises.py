@@ -5,16 +5,23 @@ eval.py and model.py) pass every property; each deliberately wrong solution in e
 property that catches it named, the input it failed on and the size of the error; the untouched exercise
 files report "not yet implemented", and a student's error is one line naming the file and line, never a
 traceback. The grader imports only torch: it grades a handout that holds the exercises folder alone.
+A solution with one slip fails too: a sample of experiments/mutants.py's mutants of the references, and the
+slips the grader once passed, are killed; results/mutants.json scores every exercise ≥ 95 %.
 """
+import ast
+import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 from conftest import ROOT
 from exercises import grade
+from experiments import mutants
 
 HERE = ROOT / "exercises"
 
@@ -120,3 +127,62 @@ def test_a_wrong_command_line_is_one_error_line(argv, message, capsys, monkeypat
         grade.main(argv)
     err = capsys.readouterr().err.splitlines()
     assert exit.value.code == 2 and message in err[-1] and err[-1].startswith("python -m exercises.grade: error: ")
+
+
+# The mutants the grader passed before its properties were sharpened: slips a student makes.
+ONCE_PASSED = [
+    "lora_forward | lora.py:LoRALinear.__init__ | self.alpha / rank → self.alpha // rank",  # s = 2 at alpha 8, r 4
+    "dora_norm | dora.py:DoRALinear.__init__ | self.alpha / rank → self.alpha // rank",
+    "effective_rank | eval.py:ranks | s.max() * max(dw.shape) → s.max() + max(dw.shape)",  # not relative to σ_1
+    "dora_norm | dora.py:DoRALinear.weight_norm | (w0_sq + 2 * s * cross + s * s * square).clamp_min(0) → "
+    "(w0_sq + 2 * s * cross + s * s * square).clamp_min(1)",  # rows of norm above 1 only
+    *[f"kv_cache | exercises/reference/kv_cache.py:decode_step | (torch.ones(1, 1, 1, hd, dtype=q.dtype), "
+      f"torch.zeros(1, 1, 1, hd, dtype=q.dtype)) → (torch.{a}, torch.{b})"  # a batch of 2 only
+      for a, b in [("ones(2, 1, 1, hd, dtype=q.dtype)", "zeros(1, 1, 1, hd, dtype=q.dtype)"),
+                   ("ones(1, 1, 1, hd, dtype=q.dtype)", "zeros(2, 1, 1, hd, dtype=q.dtype)")]],
+]
+
+
+@pytest.mark.parametrize("exercise", grade.EXERCISES)
+def test_a_sample_of_the_mutants_and_those_once_passed_are_killed(exercise):
+    """Every 8th mutant that is not listed as equivalent, and each the grader once passed: all fail a property."""
+    made = mutants.mutants(exercise)
+    listed = [k for k in mutants.EQUIVALENT if k.startswith(exercise + " | ")]
+    assert set(listed) <= set(made), f"EQUIVALENT names a mutant no longer made: {set(listed) - set(made)}"
+    live = [k for k in made if k not in mutants.EQUIVALENT]
+    sample = live[::8] + [k for k in ONCE_PASSED if k.startswith(exercise + " | ")]
+    assert all(k in made for k in sample), [k for k in sample if k not in made]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a mutant's x.T on a 3-d tensor
+        survivors = [k for k in sample if made[k][1]() is None]
+    assert not survivors, survivors
+
+
+def test_the_committed_mutation_results_score_every_exercise_at_least_95_percent():
+    results = json.loads((ROOT / "results" / "mutants.json").read_text())
+    assert set(results["exercises"]) == set(grade.EXERCISES)
+    for exercise, r in results["exercises"].items():
+        statuses = [row["status"] for row in r["rows"]]
+        assert r["mutants"] == len(statuses) and r["killed"] == statuses.count("killed"), exercise
+        assert r["killed"] / (r["mutants"] - r["equivalent"]) >= 0.95 and r["survived"] == 0, (exercise, r["score"])
+    assert results["equivalent"] == mutants.EQUIVALENT  # each with its reason, the list the script holds
+    assert {row["mutant"] for r in results["exercises"].values() for row in r["rows"]
+            if row["status"] == "equivalent"} == set(mutants.EQUIVALENT)
+
+
+def test_the_grader_imports_torch_alone_and_one_private_module_it_explains():
+    tree = ast.parse((HERE / "grade.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    third_party = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
+    assert third_party == {"torch", "torch.utils._python_dispatch"}, third_party
+
+
+def test_a_torch_without_the_dispatch_mode_is_one_line_naming_it(monkeypatch):
+    """sys.exit(message): Python prints the one line to stderr and exits with 1, no traceback."""
+    monkeypatch.setitem(sys.modules, "torch.utils._python_dispatch", None)  # what a torch that moved it looks like
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_path(str(HERE / "grade.py"))
+    message = exit.value.code
+    assert isinstance(message, str) and "\n" not in message and "TorchDispatchMode" in message, message
+    assert message.startswith("python -m exercises.grade: this torch (")
