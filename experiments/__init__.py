@@ -6,6 +6,7 @@
     reproduce.sh       the small-scale commonsense reproduction (docs/results.md)
     bench.py           step time, memory, merged inference; the memory planner (docs/bench.md, docs/scale.md)
     plot.py            the project's own SVG line plot; `python -m experiments.plot LOG... --key loss`
+    mutants.py         mutation testing of the exercises' grader: can a solution with one slip pass? (docs/exercises.md)
     dora_magnitude.py  how much of a trained DoRA ΔW is the magnitude's rescaling of W0's rows
     dora_vs_peft.py, peft_roundtrip.py   checks against Hugging Face PEFT (need peft; not tests)
     relative_paths.py  rewrote the machine paths in results/ to repository-relative ones (run once)

@@ -1,6 +1,6 @@
 """Mutation testing of the exercises' grader: can a solution with one small slip pass it?
 
-    python -m experiments.mutants                          # every exercise, about two minutes on one core
+    python -m experiments.mutants                          # every exercise, about 30 s on one core
     python -m experiments.mutants --json results/mutants.json
     python -m experiments.mutants kv_cache --show killed   # one exercise, each mutant and what killed it
 
