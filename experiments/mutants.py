@@ -11,7 +11,8 @@ an operand of `@` or to F.linear's weight, or removed), a slice bound off by one
 (0 → 1, 1 → 0 or 2, 2 → 1 or 3, n → n + 1, 0.5 → 1, a float f → 2f), `sum` ↔ `mean`. Dims are constants:
 `dim=1` → 0 or 2, `transpose(1, 2)` → (1, 3). The code mutated is what the reference runs (exercises/
 reference/<exercise>.py and the functions of lora.py, hira.py, pera.py, dora.py, eval.py and model.py it
-calls, the lines the grading of the reference executes), leaving out the guards that only raise on bad
+calls) and the same solution written plainly as a student would (exercises/reference/plain/<exercise>.py),
+only the code that runs when they are graded, leaving out the guards that only raise on bad
 arguments (the exercises take none) and the swapped arguments of functions symmetric in them.
 
 Each mutant is graded in this process by exercises/grade.py's properties, in order, until one fails: the
@@ -40,6 +41,7 @@ from exercises import grade
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "exercises" / "reference"
+PLAIN = REFERENCE / "plain"  # the same solutions as a student writes them: plain torch, no repository file
 
 # exercise -> {module the reference imports: the functions of it that the exercise is about}
 TARGETS = {
@@ -109,7 +111,8 @@ EQUIVALENT = {
     **{f"hira_update | exercises/reference/hira_update.py:{function} | hira.HiRALinear({base}, A.shape[0]) → "
        f"hira.HiRALinear({base}, A.shape[1])": HIRA_RANK
        for function, base in (("delta_weight", "linear(W0)"), ("forward", "linear(W0, bias)"))},
-    "dora_norm | dora.py:DoRALinear.weight_norm | B @ (A @ A.T) * B → B @ (A @ A.T).T * B": "A Aᵀ is symmetric",
+    **{f"dora_norm | {where} | B @ (A @ A.T) * B → B @ (A @ A.T).T * B": "A Aᵀ is symmetric"
+       for where in ("dora.py:DoRALinear.weight_norm", "exercises/reference/plain/dora_norm.py:row_norm")},
     **{f"kv_cache | exercises/reference/kv_cache.py:decode_step | (k.shape[1], cache_k.shape[2]) → "
        f"(k.shape[1], cache_k.shape[{d}])": KV_REPLACED for d in (1, 3)},
     "kv_cache | exercises/reference/kv_cache.py:decode_step | KVCache(config, batch, max_len, q.dtype, q.device) → "
@@ -308,12 +311,13 @@ def coverage(exercise, files):
         frame.f_trace_opcodes = True
         return local
 
-    sys.settrace(tracer)
-    try:
-        results = grade.grade(exercise, REFERENCE)
-    finally:
-        sys.settrace(None)
-    assert all(status == "pass" for status, _, _ in results), f"the reference fails {exercise}: {results}"
+    for solutions in (REFERENCE, PLAIN):
+        sys.settrace(tracer)
+        try:
+            results = grade.grade(exercise, solutions)
+        finally:
+            sys.settrace(None)
+        assert all(status == "pass" for status, _, _ in results), f"{solutions} fails {exercise}: {results}"
     positions = {}
     for file, hits in ran.items():
         table = {code: list(code.co_positions()) for code, _ in hits}
@@ -373,10 +377,10 @@ def mutants(exercise):
     """{key: (kind, grade)} of every mutant of one exercise, in source order; grade() grades it in this process
     and returns the title of the first property it fails, None when it passes them all."""
     modules = {name: Path(importlib.import_module(name).__file__) for name in TARGETS[exercise]}
-    ref = REFERENCE / f"{exercise}.py"
-    ran = coverage(exercise, [ref, *modules.values()])
+    ref, plain = REFERENCE / f"{exercise}.py", PLAIN / f"{exercise}.py"
+    ran = coverage(exercise, [ref, plain, *modules.values()])
     made = {}
-    for path, module in [(ref, None), *((path, name) for name, path in modules.items())]:
+    for path, module in [(ref, None), *((path, name) for name, path in modules.items()), (plain, None)]:
         tree = ast.parse(path.read_text())  # one tree per file: each mutant swaps its node in and out again
         nodes, up = list(ast.walk(tree)), parents(tree)
         names = None if module is None else TARGETS[exercise][module]

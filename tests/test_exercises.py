@@ -48,8 +48,10 @@ def run_grader(*args, cwd=ROOT):
 
 
 @pytest.mark.parametrize("exercise", grade.EXERCISES)
-def test_the_reference_implementations_pass_every_property(exercise):
-    results = grade.grade(exercise, HERE / "reference")
+@pytest.mark.parametrize("folder", ["reference", "reference/plain"])
+def test_the_reference_implementations_pass_every_property(exercise, folder):
+    """reference/ runs the repository's files, reference/plain/ is the same written plainly, as a student would."""
+    results = grade.grade(exercise, HERE / folder)
     assert [status for status, _, _ in results] == ["pass"] * len(grade.PROPERTIES[exercise]), results
 
 
@@ -134,6 +136,10 @@ ONCE_PASSED = [
     "lora_forward | lora.py:LoRALinear.__init__ | self.alpha / rank → self.alpha // rank",  # s = 2 at alpha 8, r 4
     "dora_norm | dora.py:DoRALinear.__init__ | self.alpha / rank → self.alpha // rank",
     "effective_rank | eval.py:ranks | s.max() * max(dw.shape) → s.max() + max(dw.shape)",  # not relative to σ_1
+    "effective_rank | exercises/reference/plain/effective_rank.py:rank | s.max() * max(M.shape) → "
+    "s.max() + max(M.shape)",
+    "lora_forward | exercises/reference/plain/lora_forward.py:forward | alpha / A.shape[0] → alpha // A.shape[0]",
+    "dora_norm | exercises/reference/plain/dora_norm.py:row_norm | square.clamp_min(0) → square.clamp_min(1)",
     "dora_norm | dora.py:DoRALinear.weight_norm | (w0_sq + 2 * s * cross + s * s * square).clamp_min(0) → "
     "(w0_sq + 2 * s * cross + s * s * square).clamp_min(1)",  # rows of norm above 1 only
     *[f"kv_cache | exercises/reference/kv_cache.py:decode_step | (torch.ones(1, 1, 1, hd, dtype=q.dtype), "
@@ -145,7 +151,7 @@ ONCE_PASSED = [
 
 @pytest.mark.parametrize("exercise", grade.EXERCISES)
 def test_a_sample_of_the_mutants_and_those_once_passed_are_killed(exercise):
-    """Every 8th mutant that is not listed as equivalent, and each the grader once passed: all fail a property."""
+    """Every 8th mutant not listed as equivalent, and those the grader once passed: each fails a property."""
     made = mutants.mutants(exercise)
     listed = [k for k in mutants.EQUIVALENT if k.startswith(exercise + " | ")]
     assert set(listed) <= set(made), f"EQUIVALENT names a mutant no longer made: {set(listed) - set(made)}"

@@ -9,6 +9,9 @@
     kv_cache.py        model.py: Attention's forward with a KVCache
 
     python -m exercises.grade --solutions exercises/reference     # from the repository's root: all pass
+
+plain/ holds the same seven solved plainly, as a student would write them (plain torch, no repository file);
+experiments/mutants.py makes its slips from both.
 """
 import torch.nn as nn
 
