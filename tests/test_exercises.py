@@ -131,17 +131,15 @@ def test_a_wrong_command_line_is_one_error_line(argv, message, capsys, monkeypat
     assert exit.value.code == 2 and message in err[-1] and err[-1].startswith("python -m exercises.grade: error: ")
 
 
-# The mutants the grader passed before its properties were sharpened: slips a student makes.
+# Mutants the grader passed before its properties were sharpened: slips a student makes. (Those of the same slips
+# in lora.py, dora.py and eval.py are in results/mutants.json; these are in exercises/, which this test owns.)
 ONCE_PASSED = [
-    "lora_forward | lora.py:LoRALinear.__init__ | self.alpha / rank → self.alpha // rank",  # s = 2 at alpha 8, r 4
-    "dora_norm | dora.py:DoRALinear.__init__ | self.alpha / rank → self.alpha // rank",
-    "effective_rank | eval.py:ranks | s.max() * max(dw.shape) → s.max() + max(dw.shape)",  # not relative to σ_1
+    *[f"{e} | exercises/reference/plain/{e}.py:{f} | alpha / A.shape[0] → alpha // A.shape[0]"  # s = 2 at 8 / 4
+      for e, f in [("lora_forward", "forward"), ("lora_forward", "merge"), ("dora_norm", "row_norm"),
+                   ("dora_norm", "forward")]],
     "effective_rank | exercises/reference/plain/effective_rank.py:rank | s.max() * max(M.shape) → "
-    "s.max() + max(M.shape)",
-    "lora_forward | exercises/reference/plain/lora_forward.py:forward | alpha / A.shape[0] → alpha // A.shape[0]",
+    "s.max() + max(M.shape)",  # a threshold not relative to σ_1
     "dora_norm | exercises/reference/plain/dora_norm.py:row_norm | square.clamp_min(0) → square.clamp_min(1)",
-    "dora_norm | dora.py:DoRALinear.weight_norm | (w0_sq + 2 * s * cross + s * s * square).clamp_min(0) → "
-    "(w0_sq + 2 * s * cross + s * s * square).clamp_min(1)",  # rows of norm above 1 only
     *[f"kv_cache | exercises/reference/kv_cache.py:decode_step | (torch.ones(1, 1, 1, hd, dtype=q.dtype), "
       f"torch.zeros(1, 1, 1, hd, dtype=q.dtype)) → (torch.{a}, torch.{b})"  # a batch of 2 only
       for a, b in [("ones(2, 1, 1, hd, dtype=q.dtype)", "zeros(1, 1, 1, hd, dtype=q.dtype)"),
@@ -151,9 +149,12 @@ ONCE_PASSED = [
 
 @pytest.mark.parametrize("exercise", grade.EXERCISES)
 def test_a_sample_of_the_mutants_and_those_once_passed_are_killed(exercise):
-    """Every 8th mutant not listed as equivalent, and those the grader once passed: each fails a property."""
+    """Every 8th mutant not listed as equivalent, and those the grader once passed: each fails a property.
+
+    The equivalents in exercises/ must still be made; those in lora.py ... model.py may go stale when those files
+    change (the script then names them), and `python -m experiments.mutants --json results/mutants.json` is rerun."""
     made = mutants.mutants(exercise)
-    listed = [k for k in mutants.EQUIVALENT if k.startswith(exercise + " | ")]
+    listed = [k for k in mutants.EQUIVALENT if k.startswith(f"{exercise} | exercises/")]
     assert set(listed) <= set(made), f"EQUIVALENT names a mutant no longer made: {set(listed) - set(made)}"
     live = [k for k in made if k not in mutants.EQUIVALENT]
     sample = live[::8] + [k for k in ONCE_PASSED if k.startswith(exercise + " | ")]
