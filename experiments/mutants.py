@@ -8,7 +8,8 @@ A mutant is the reference solution with one slip a student could make, made from
 `/` → `//` or `*`, `*` → `+` or `/`, `+` ↔ `-`, `**` → `*`, the operands of `@` swapped, a term of a sum
 or difference dropped, a pair of neighbouring call arguments swapped, a factor transposed (`.T` added to
 an operand of `@` or to F.linear's weight, or removed), a slice bound off by one, a constant changed
-(0 → 1, 1 → 0 or 2, 2 → 1 or 3, n → n + 1, 0.5 → 1, a float f → 2f), `sum` ↔ `mean`. Dims are constants:
+(0 → 1, 1 → 0 or 2, 2 → 1 or 3, n → n + 1, 0.5 → 1, a float f → 2f), `sum` ↔ `mean`, a minus sign
+dropped, a comparison's boundary moved (`>` ↔ `>=`, `<` ↔ `<=`). Dims are constants:
 `dim=1` → 0 or 2, `transpose(1, 2)` → (1, 3). The code mutated is what the reference runs (exercises/
 reference/<exercise>.py and the functions of lora.py, hira.py, pera.py, dora.py, eval.py and model.py it
 calls) and the same solution written plainly as a student would (exercises/reference/plain/<exercise>.py),
@@ -64,6 +65,8 @@ SYMMETRIC = {"promote_types", "maximum", "minimum", "transpose", "swapaxes", "ad
 REPLACED = ("the reference hands the layer the grader's tensors in place of its A, B (and h) (exercises/reference's "
             "`using`), so the shapes and values __init__ gives them are never read")
 NO_DROPOUT = "every exercise has dropout 0: nn.Identity() either way"
+DROPOUT_0 = ("nn.Dropout(0.0) is the identity: every path computes the same (DoRA's dropout branch is its sum "
+             "written with dropout(x) = x)")
 DEGREE_K = ("the exercise is degree 2, where pera.py's general degree-k path (degree_k_indices, degree_k_factors) "
             "builds the same pairs in the same order and the same factors")
 DEGREE_2 = "at degree 2 both conditions are false: the same branch runs"
@@ -81,6 +84,7 @@ ROPE_OFF = "the reference turns RoPE off (cos = 1, sin = 0): apply_rope(cos, q, 
 SDPA_KEYS = ("F.scaled_dot_product_attention on the CPU reads as many keys as there are values (torch 2.13): the "
              "extra key is never used")
 DROPOUT = "nn.Dropout(dropout) if dropout > 0 else nn.Identity() → nn.Dropout(dropout) if dropout > 1 else nn.Identity()"
+DROPOUT_GE = "nn.Dropout(dropout) if dropout > 0 else nn.Identity() → nn.Dropout(dropout) if dropout >= 0 else nn.Identity()"
 KAIMING = "nn.init.kaiming_uniform_(self.A, a=math.sqrt(5)) → nn.init.kaiming_uniform_(self.A, a=math.sqrt(6))"
 A_SHAPE = "torch.{0}(rank, base.in_features, device=w.device, dtype=dtype) → " \
           "torch.{0}(base.in_features, rank, device=w.device, dtype=dtype)"
@@ -94,12 +98,14 @@ EQUIVALENT = {
            ("pera_factors", "pera.py:PERALinear.__init__", [A_SHAPE.format("zeros"), B_SHAPE]),
            ("h_gradient", "pera.py:PERALinear.__init__", [A_SHAPE.format("zeros"), B_SHAPE]),
            ("dora_norm", "dora.py:DoRALinear.__init__", [])]
-       for mutant, why in [(DROPOUT, NO_DROPOUT), (KAIMING, REPLACED)] + [(m, REPLACED) for m in mutants]},
+       for mutant, why in [(DROPOUT, NO_DROPOUT), (KAIMING, REPLACED)] + [(m, REPLACED) for m in mutants]
+       + [(DROPOUT_GE, DROPOUT_0)] * (exercise != "hira_update")},  # HiRA fuses its forward only without dropout
     **{f"{exercise} | pera.py:PERALinear.{where} | {mutant}": why
        for exercise in ("pera_factors", "h_gradient")
        for where, mutant, why in [
            ("expanded_factors", "self.degree > 2 → self.degree > 1", DEGREE_K),
            ("expanded_factors", "self.degree > 2 → self.degree > 3", DEGREE_2),
+           ("expanded_factors", "self.degree > 2 → self.degree >= 2", DEGREE_K),
            ("idx", "self.degree == 2 → self.degree == 1", DEGREE_K),
            ("idx", "self.degree == 2 → self.degree == 3", DEGREE_K)]},
     "pera_factors | pera.py:PERALinear.__init__ | self.alpha / rank → self.alpha // rank": NO_SCALING,
@@ -138,6 +144,14 @@ EQUIVALENT = {
     "(apply_rope(q, cos, sin), apply_rope(cos, k, sin))": ROPE_OFF,
     "kv_cache | model.py:LayerCache.update | (self.k[:, :, :end], self.v[:, :, :end]) → "
     "(self.k[:, :, :end + 1], self.v[:, :, :end])": SDPA_KEYS,
+    "kv_cache | exercises/reference/plain/kv_cache.py:decode_step | keys.transpose(-2, -1) → keys.transpose(2, -1)":
+        "keys is 4-d: its dim 2 is its dim -2",
+    "effective_rank | eval.py:ranks | int((s > s.max() * max(dw.shape) * torch.finfo(dw.dtype).eps).sum()) if "
+    "s.max() > 0 else 0 → int((s > s.max() * max(dw.shape) * torch.finfo(dw.dtype).eps).sum()) if s.max() >= 0 "
+    "else 0": "for the zero matrix the threshold rule counts 0 as well: no singular value is above 0",
+    "effective_rank | eval.py:ranks | s > s.max() * max(dw.shape) * torch.finfo(dw.dtype).eps → "
+    "s >= s.max() * max(dw.shape) * torch.finfo(dw.dtype).eps": "the zero matrix is answered before this line, and "
+    "a singular value exactly at σ_1 · max(shape) · ε has probability 0",
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,6 +235,12 @@ def mutations(node):
                     out.append(("slice off by one", s))
     elif isinstance(node, ast.Constant):
         out += [("constant", ast.Constant(v)) for v in changed_constants(node.value)]
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        out.append(("sign dropped", node.operand))
+    elif isinstance(node, ast.Compare) and len(node.ops) == 1:
+        edge = {ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Lt: ast.LtE, ast.LtE: ast.Lt}.get(type(node.ops[0]))
+        if edge:
+            out.append(("boundary", ast.Compare(node.left, [edge()], node.comparators)))
     return out
 
 
@@ -440,8 +460,8 @@ def main(argv=None):
             (lambda line: print(line) if line.lstrip().startswith("survived") else None)
         print(exercise)
         results[exercise] = run(exercise, out=shown)
-    stale = [k for k in EQUIVALENT if k.split(" | ")[0] in results
-             and not any(r["mutant"] == k for res in results.values() for r in res["rows"])]
+    equivalent = {r["mutant"] for res in results.values() for r in res["rows"] if r["status"] == "equivalent"}
+    stale = [k for k in EQUIVALENT if k.split(" | ")[0] in results and k not in equivalent]
     seconds = round(time.time() - start, 1)
     print(f"\n{'exercise':16} {'mutants':>8} {'killed':>7} {'equivalent':>11} {'survived':>9} {'score':>7}")
     for exercise, r in results.items():
@@ -449,7 +469,7 @@ def main(argv=None):
               f"{100 * r['score']:6.1f}%")
     print(f"{seconds} s")
     if stale:
-        print(f"{len(stale)} entries of EQUIVALENT match no mutant any more: {stale[0]} ...")
+        print(f"{len(stale)} entries of EQUIVALENT name no surviving mutant (killed, or no longer made): {stale[0]} ...")
     if args.json:
         summary = {"command": "python -m experiments.mutants " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "seconds": seconds, "exercises": results,
