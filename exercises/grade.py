@@ -512,8 +512,9 @@ def dora_row_norm(sol):
     for (n_in, out, r, alpha, lead), c in itertools.product(LAYERS, (1.0, 0.05)):
         x, W0, bias, A, B, m, case = dora_inputs(n_in, out, r, alpha, lead)
         W0, A, B = c * W0, c * A, c * B  # c = 0.05: rows of norm below 1
+        case += f", W0, A, B scaled by {c}" if c != 1 else ""
         V = W0 + alpha / r * lora_sum(A, B)
-        close(sol.row_norm(W0, A, B, alpha), torch.sqrt((V * V).sum(1)), "‖V‖_row", case + f", W0, A, B scaled by {c}")
+        close(sol.row_norm(W0, A, B, alpha), torch.sqrt((V * V).sum(1)), "‖V‖_row", case)
 
 
 @prop("dora_norm", "row_norm forms no (out, in) matrix: W0 is the only one")

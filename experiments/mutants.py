@@ -83,8 +83,8 @@ ONE_TOKEN = ("a decode step has one token (T = 1): moving a dimension of size 1 
 ROPE_OFF = "the reference turns RoPE off (cos = 1, sin = 0): apply_rope(cos, q, sin) = cos·q = q as well"
 SDPA_KEYS = ("F.scaled_dot_product_attention on the CPU reads as many keys as there are values (torch 2.13): the "
              "extra key is never used")
-DROPOUT = "nn.Dropout(dropout) if dropout > 0 else nn.Identity() → nn.Dropout(dropout) if dropout > 1 else nn.Identity()"
-DROPOUT_GE = "nn.Dropout(dropout) if dropout > 0 else nn.Identity() → nn.Dropout(dropout) if dropout >= 0 else nn.Identity()"
+DROPOUT, DROPOUT_GE = (f"nn.Dropout(dropout) if dropout > 0 else nn.Identity() → "
+                       f"nn.Dropout(dropout) if dropout {op} else nn.Identity()" for op in ("> 1", ">= 0"))
 KAIMING = "nn.init.kaiming_uniform_(self.A, a=math.sqrt(5)) → nn.init.kaiming_uniform_(self.A, a=math.sqrt(6))"
 A_SHAPE = "torch.{0}(rank, base.in_features, device=w.device, dtype=dtype) → " \
           "torch.{0}(base.in_features, rank, device=w.device, dtype=dtype)"
@@ -469,7 +469,7 @@ def main(argv=None):
               f"{100 * r['score']:6.1f}%")
     print(f"{seconds} s")
     if stale:
-        print(f"{len(stale)} entries of EQUIVALENT name no surviving mutant (killed, or no longer made): {stale[0]} ...")
+        print(f"{len(stale)} entries of EQUIVALENT name no surviving mutant (killed, or no longer made): {stale[0]}")
     if args.json:
         summary = {"command": "python -m experiments.mutants " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "seconds": seconds, "exercises": results,
