@@ -19,7 +19,8 @@ arguments (the exercises take none) and the swapped arguments of functions symme
 Each mutant is graded in this process by exercises/grade.py's properties, in order, until one fails: the
 mutant is killed by that property, or survives them all. A survivor is either in EQUIVALENT below, with
 the reason it computes what the reference computes on every input the exercise allows, or a hole in the
-grader. Score per exercise: killed / (mutants − equivalent).
+grader. Score per exercise: killed / (mutants − equivalent). Exit status 1 when a mutant survives that
+EQUIVALENT does not list.
 """
 import argparse
 import ast
@@ -353,8 +354,10 @@ def first_failure(exercise, path, seconds=20):
     """The title of the first property the solution at `path` fails, or None when it passes them all."""
     def alarm(signum, frame):
         raise Timeout()
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
+    watch = hasattr(signal, "SIGALRM")  # not on Windows: there a mutant that loops forever hangs the run
+    previous = signal.signal(signal.SIGALRM, alarm) if watch else None
+    if watch:
+        signal.alarm(seconds)
     try:
         try:
             sol = grade.load(exercise, Path(path))
@@ -373,8 +376,9 @@ def first_failure(exercise, path, seconds=20):
     except Timeout:
         return "(runs past the time limit)"
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        if watch:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def grade_module_mutant(exercise, name, code, path):
@@ -456,10 +460,10 @@ def main(argv=None):
     warnings.filterwarnings("ignore")  # a mutant's x.T on a 3-d tensor, and the like
     start, results = time.time(), {}
     for exercise in args.exercises or grade.EXERCISES:
-        shown = (lambda line: print(line)) if args.show == "killed" else \
+        printer = print if args.show == "killed" else \
             (lambda line: print(line) if line.lstrip().startswith("survived") else None)
         print(exercise)
-        results[exercise] = run(exercise, out=shown)
+        results[exercise] = run(exercise, out=printer)
     equivalent = {r["mutant"] for res in results.values() for r in res["rows"] if r["status"] == "equivalent"}
     stale = [k for k in EQUIVALENT if k.split(" | ")[0] in results and k not in equivalent]
     seconds = round(time.time() - start, 1)
