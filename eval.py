@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import pera
-from model import Transformer
+from model import Transformer, check_vocabulary
 from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
-from train import check_vocabulary
 
 
 def parse_args(argv=None):

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-import eval as evaluate
+from eval import keep_last, load  # eval.py's loader; named imports, so the builtin eval() stays unshadowed
 from support import cli, commonsense
 
 
@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, ... (default: cuda if available)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.merge = False  # what evaluate.load expects
+    args.merge = False  # what eval.py's load expects
     return args
 
 
@@ -67,14 +67,14 @@ def main(argv=None, out=None):
     out = out or sys.stdout
     args = parse_args(argv)
     with cli.user_input():
-        model, tokenizer, _ = evaluate.load(args)
+        model, tokenizer, _ = load(args)
     room = model.config.max_position_embeddings - args.max_new_tokens
     if room < 2:
         sys.exit(f"error: --max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's "
                  f"{model.config.max_position_embeddings} positions")
     prompt = args.text if args.raw else commonsense.prompt({"instruction": args.text})
     device = model.model.embed_tokens.weight.device
-    prompt_ids, cut = evaluate.keep_last(tokenizer.encode(prompt, bos=tokenizer.add_bos), room, tokenizer.add_bos)
+    prompt_ids, cut = keep_last(tokenizer.encode(prompt, bos=tokenizer.add_bos), room, tokenizer.add_bos)
     if cut:
         print(f"the prompt is longer than the model's {model.config.max_position_embeddings} positions less "
               f"--max-new-tokens {args.max_new_tokens}: its first {cut} tokens were cut", file=sys.stderr)

@@ -32,7 +32,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import pera
-from model import Transformer
+from model import Transformer, check_vocabulary
 from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
 
@@ -316,14 +316,6 @@ class Run:
         self.lengths = [len(ids) for ids, _ in self.train_set]
         self.n_scored = [sum(y != -100 for y in labels[1:]) for _, labels in self.train_set]  # loss positions
         self.state_file = self.out / safety.STATE_FILE
-
-
-def check_vocabulary(tokenizer, model, model_dir):
-    """Every id the tokenizer can give must have an embedding row; a mismatch would fail deep in F.embedding."""
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"{Path(model_dir) / 'tokenizer.json'}: token ids go up to {tokenizer.vocab_size - 1}, but "
-                         f"{Path(model_dir) / 'config.json'} has vocab_size {model.config.vocab_size}: the tokenizer "
-                         f"and the model do not belong together")
 
 
 def setup(args):
