@@ -18,13 +18,13 @@ from support import cli, commonsense
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     p.add_argument("text", type=cli.utf8, help="the instruction (or, with --raw, the prompt itself)")
     p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model alone)")
     p.add_argument("--model", default=None, help="Hugging Face model folder (default: the adapter's base model, "
                                                  "else checkpoints/SmolLM2-135M-Instruct)")
     p.add_argument("--raw", action="store_true", help="send the text as it is, without the training prompt")
-    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=128)
+    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=128, help="the longest response")
     p.add_argument("--temperature", type=cli.NON_NEGATIVE, default=0.0, help="0: greedy; above 0: sample")
     p.add_argument("--top-k", type=cli.POSITIVE_INT, default=None, help="sample from the k most likely tokens only")
     p.add_argument("--seed", type=cli.SEED, default=None, help="seed for sampling (default: a different draw each time)")
