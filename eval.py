@@ -25,23 +25,24 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import pera
-from model import Transformer
+from model import Transformer, check_vocabulary
 from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
-from train import check_vocabulary
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     p.add_argument("--model", default=None, help="Hugging Face model folder (default: the adapter's base model, "
                                                  "else checkpoints/SmolLM2-135M-Instruct)")
     p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model zero-shot)")
     p.add_argument("--data", default="data/commonsense", help="folder of <task>/test.json files")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every test set present)")
     p.add_argument("--limit", type=cli.POSITIVE_INT, default=None, help="first N examples of each task")
-    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16)
-    p.add_argument("--mode", choices=["generate", "loglik"], default="generate")
-    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=32)
+    p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16, help="examples per forward pass")
+    p.add_argument("--mode", choices=["generate", "loglik"], default="generate",
+                   help="generate: the papers' protocol (greedy answer, its first match of the answer pattern); "
+                        "loglik: the answer option of highest log-likelihood")
+    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=32, help="the longest answer generated")
     p.add_argument("--merge", action="store_true", help="fold the adapter into the weights before evaluating")
     p.add_argument("--out", default=None, help="output folder (default: <adapter>/eval-<mode>, or runs/zero-shot/eval-<mode>)")
     p.add_argument("--overwrite", action="store_true", help="replace the evaluation --out holds (finished or not)")

@@ -13,25 +13,25 @@ import sys
 
 import torch
 
-import eval as evaluate
+from eval import keep_last, load  # eval.py's loader; named imports, so the builtin eval() stays unshadowed
 from support import cli, commonsense
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     p.add_argument("text", type=cli.utf8, help="the instruction (or, with --raw, the prompt itself)")
     p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model alone)")
     p.add_argument("--model", default=None, help="Hugging Face model folder (default: the adapter's base model, "
                                                  "else checkpoints/SmolLM2-135M-Instruct)")
     p.add_argument("--raw", action="store_true", help="send the text as it is, without the training prompt")
-    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=128)
+    p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=128, help="the longest response")
     p.add_argument("--temperature", type=cli.NON_NEGATIVE, default=0.0, help="0: greedy; above 0: sample")
     p.add_argument("--top-k", type=cli.POSITIVE_INT, default=None, help="sample from the k most likely tokens only")
     p.add_argument("--seed", type=cli.SEED, default=None, help="seed for sampling (default: a different draw each time)")
     p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, ... (default: cuda if available)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.merge = False  # what evaluate.load expects
+    args.merge = False  # what eval.py's load expects
     return args
 
 
@@ -67,14 +67,14 @@ def main(argv=None, out=None):
     out = out or sys.stdout
     args = parse_args(argv)
     with cli.user_input():
-        model, tokenizer, _ = evaluate.load(args)
+        model, tokenizer, _ = load(args)
     room = model.config.max_position_embeddings - args.max_new_tokens
     if room < 2:
         sys.exit(f"error: --max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's "
                  f"{model.config.max_position_embeddings} positions")
     prompt = args.text if args.raw else commonsense.prompt({"instruction": args.text})
     device = model.model.embed_tokens.weight.device
-    prompt_ids, cut = evaluate.keep_last(tokenizer.encode(prompt, bos=tokenizer.add_bos), room, tokenizer.add_bos)
+    prompt_ids, cut = keep_last(tokenizer.encode(prompt, bos=tokenizer.add_bos), room, tokenizer.add_bos)
     if cut:
         print(f"the prompt is longer than the model's {model.config.max_position_embeddings} positions less "
               f"--max-new-tokens {args.max_new_tokens}: its first {cut} tokens were cut", file=sys.stderr)

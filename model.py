@@ -1,7 +1,7 @@
 """A LLaMA-family decoder (Llama 2/3, Qwen2, SmolLM2) that loads Hugging Face checkpoints.
 
-Read it top to bottom: the config, the layers, the model, loading, generation (the checkpoint files
-themselves are read by safetensors_io.py).
+Read it top to bottom: the config, the layers, the model, loading, generation; last, the checks of a
+model folder's config.json and tokenizer (the checkpoint files themselves are read by safetensors_io.py).
 Module and parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...),
 so a checkpoint's tensors load with no mapping table, and adapters target layers by the names the
 papers use (q_proj, k_proj, v_proj, up_proj, down_proj).
@@ -19,7 +19,7 @@ import torch.utils.checkpoint
 from support.safetensors_io import load_checkpoint_tensors
 
 # -----------------------------------------------------------------------------
-# Config: one dataclass, filled from the checkpoint's own config.json.
+# Config: one dataclass, filled from the checkpoint's own config.json (read and checked by read_config, at the end).
 
 @dataclass
 class Config:
@@ -45,89 +45,11 @@ class Config:
     def __post_init__(self):
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
-        if self.head_dim < 2 or self.head_dim % 2:  # RoPE rotates pairs of dimensions
-            raise ValueError(f"config: head_dim is {self.head_dim} (head_dim, or hidden_size // num_attention_heads); "
-                             f"RoPE needs a positive even number")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"config: num_attention_heads ({self.num_attention_heads}) is not a multiple of "
-                             f"num_key_value_heads ({self.num_key_value_heads})")
 
     @classmethod
     def from_hf(cls, d: dict) -> "Config":
-        """Read a Hugging Face config.json dict; anything this file does not implement is an error."""
-        if not isinstance(d, dict):
-            raise ValueError(f"config: expected a JSON object of the model's settings, got a {type(d).__name__}")
-        model_type = d.get("model_type")
-        if model_type not in ("llama", "qwen2"):
-            raise ValueError(f"config: model_type {model_type!r} is not supported (supported: 'llama', 'qwen2')")
-
-        def positive(v, kind):  # sizes, eps and theta: a JSON true is not 1, and 0 or less breaks the model
-            if not isinstance(v, kind) or isinstance(v, bool):
-                return False
-            return (isinstance(v, int) or math.isfinite(v)) and v > 0
-
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if not positive(d.get(key), int):
-                raise ValueError(f"config: required field '{key}' is missing or not a positive integer "
-                                 f"(got {d.get(key)!r})")
-        for key, kind in (("num_key_value_heads", int), ("head_dim", int), ("max_position_embeddings", int),
-                          ("rms_norm_eps", (int, float))):
-            if d.get(key) is not None and not positive(d[key], kind):
-                raise ValueError(f"config: field '{key}' is {d[key]!r}, not a positive "
-                                 f"{'integer' if kind is int else 'finite number'}")
-        for key in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
-            if d.get(key) is not None and not isinstance(d[key], bool):
-                raise ValueError(f"config: field '{key}' is {d[key]!r}, not true or false")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config: hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
-        if d.get("use_sliding_window"):
-            raise ValueError("config: use_sliding_window is true; sliding-window attention is not implemented")
-        other_layers = set(d.get("layer_types") or []) - {"full_attention"}
-        if other_layers:
-            raise ValueError(f"config: layer_types has {sorted(other_layers)}; only 'full_attention' is implemented")
-        if d.get("pretraining_tp", 1) not in (1, None):
-            raise ValueError(f"config: pretraining_tp={d['pretraining_tp']} is not supported (only 1)")
-
-        # RoPE: older configs write `rope_theta` + `rope_scaling`; transformers >= 5 writes one `rope_parameters` dict.
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        if not isinstance(rope, dict):
-            raise ValueError(f"config: rope_parameters / rope_scaling is {rope!r}, not a JSON object")
-        rope = dict(rope)
-        theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
-        if not positive(theta, (int, float)):
-            raise ValueError(f"config: rope_theta is {theta!r}, not a positive finite number")
-        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
-        if rope.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ValueError(f"config: partial_rotary_factor={rope['partial_rotary_factor']} is not supported")
-        required = {"default": [], "linear": ["factor"],
-                    "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
-        if rope_type not in required:
-            raise ValueError(f"config: rope type {rope_type!r} is not supported (supported: {', '.join(required)})")
-        missing = [k for k in required[rope_type] if k not in rope]
-        if missing:
-            raise ValueError(f"config: rope type {rope_type!r} needs field(s) {missing}")
-        for key in required[rope_type]:
-            if not positive(rope[key], int if key == "original_max_position_embeddings" else (int, float)):
-                raise ValueError(f"config: rope field '{key}' is {rope[key]!r}, not a positive number")
-        if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:
-            raise ValueError(f"config: rope high_freq_factor ({rope['high_freq_factor']}) must be above "
-                             f"low_freq_factor ({rope['low_freq_factor']})")
-        rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope}
-
-        attention_bias = bool(d.get("attention_bias", False))
-        return cls(
-            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
-            num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
-            num_key_value_heads=d.get("num_key_value_heads"), head_dim=d.get("head_dim"),
-            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta), rope_scaling=rope_scaling,
-            max_position_embeddings=d.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or attention_bias,  # Qwen2 always has q/k/v biases
-            o_bias=model_type == "llama" and attention_bias,
-            mlp_bias=bool(d.get("mlp_bias", False)),
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"), model_type=model_type,
-        )
+        """A Hugging Face config.json's dict, checked by config_from_hf (after the model, where files are read)."""
+        return config_from_hf(d)
 
 
 # -----------------------------------------------------------------------------
@@ -359,12 +281,7 @@ class Transformer(nn.Module):
         config_file = path / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model folder?)")
-        try:
-            config = Config.from_hf(json.loads(config_file.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_file}: invalid JSON ({e})") from None
-        except ValueError as e:
-            raise ValueError(f"{config_file}: {e}") from None
+        config = read_config(config_file)
         with torch.device("meta"):  # no memory and no random init for weights about to be replaced
             model = cls(config)
         tensors = load_checkpoint_tensors(path)
@@ -432,3 +349,108 @@ class Transformer(nn.Module):
             if mask is not None:
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=idx.device)], dim=1)
         return torch.cat(out, dim=1)
+
+
+# -----------------------------------------------------------------------------
+# Reading a model folder: its config.json checked where it is read (not in the Config above), its tokenizer matched.
+
+def read_config(path) -> Config:
+    """The Config of a config.json file; a file this model cannot run is one ValueError that names it."""
+    try:
+        return config_from_hf(json.loads(Path(path).read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def config_from_hf(d: dict) -> Config:
+    """A Hugging Face config.json dict as a Config; anything this file does not implement is an error."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config: expected a JSON object of the model's settings, got a {type(d).__name__}")
+    model_type = d.get("model_type")
+    if model_type not in ("llama", "qwen2"):
+        raise ValueError(f"config: model_type {model_type!r} is not supported (supported: 'llama', 'qwen2')")
+
+    def positive(v, kind):  # sizes, eps and theta: a JSON true is not 1, and 0 or less breaks the model
+        if not isinstance(v, kind) or isinstance(v, bool):
+            return False
+        return (isinstance(v, int) or math.isfinite(v)) and v > 0
+
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if not positive(d.get(key), int):
+            raise ValueError(f"config: required field '{key}' is missing or not a positive integer "
+                             f"(got {d.get(key)!r})")
+    for key, kind in (("num_key_value_heads", int), ("head_dim", int), ("max_position_embeddings", int),
+                      ("rms_norm_eps", (int, float))):
+        if d.get(key) is not None and not positive(d[key], kind):
+            raise ValueError(f"config: field '{key}' is {d[key]!r}, not a positive "
+                             f"{'integer' if kind is int else 'finite number'}")
+    for key in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+        if d.get(key) is not None and not isinstance(d[key], bool):
+            raise ValueError(f"config: field '{key}' is {d[key]!r}, not true or false")
+    if d.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config: hidden_act {d['hidden_act']!r} is not supported (only 'silu')")
+    if d.get("use_sliding_window"):
+        raise ValueError("config: use_sliding_window is true; sliding-window attention is not implemented")
+    other_layers = set(d.get("layer_types") or []) - {"full_attention"}
+    if other_layers:
+        raise ValueError(f"config: layer_types has {sorted(other_layers)}; only 'full_attention' is implemented")
+    if d.get("pretraining_tp", 1) not in (1, None):
+        raise ValueError(f"config: pretraining_tp={d['pretraining_tp']} is not supported (only 1)")
+
+    # RoPE: older configs write `rope_theta` + `rope_scaling`; transformers >= 5 writes one `rope_parameters` dict.
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"config: rope_parameters / rope_scaling is {rope!r}, not a JSON object")
+    rope = dict(rope)
+    theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+    if not positive(theta, (int, float)):
+        raise ValueError(f"config: rope_theta is {theta!r}, not a positive finite number")
+    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"config: partial_rotary_factor={rope['partial_rotary_factor']} is not supported")
+    required = {"default": [], "linear": ["factor"],
+                "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
+    if rope_type not in required:
+        raise ValueError(f"config: rope type {rope_type!r} is not supported (supported: {', '.join(required)})")
+    missing = [k for k in required[rope_type] if k not in rope]
+    if missing:
+        raise ValueError(f"config: rope type {rope_type!r} needs field(s) {missing}")
+    for key in required[rope_type]:
+        if not positive(rope[key], int if key == "original_max_position_embeddings" else (int, float)):
+            raise ValueError(f"config: rope field '{key}' is {rope[key]!r}, not a positive number")
+    if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:
+        raise ValueError(f"config: rope high_freq_factor ({rope['high_freq_factor']}) must be above "
+                         f"low_freq_factor ({rope['low_freq_factor']})")
+    rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope}
+
+    attention_bias = bool(d.get("attention_bias", False))
+    config = Config(
+        vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+        num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
+        num_key_value_heads=d.get("num_key_value_heads"), head_dim=d.get("head_dim"),
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta), rope_scaling=rope_scaling,
+        max_position_embeddings=d.get("max_position_embeddings", 2048),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2" or attention_bias,  # Qwen2 always has q/k/v biases
+        o_bias=model_type == "llama" and attention_bias,
+        mlp_bias=bool(d.get("mlp_bias", False)),
+        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"), model_type=model_type,
+    )
+    if config.head_dim < 2 or config.head_dim % 2:  # RoPE rotates pairs of dimensions
+        raise ValueError(f"config: head_dim is {config.head_dim} (head_dim, or hidden_size // num_attention_heads); "
+                         f"RoPE needs a positive even number")
+    if config.num_attention_heads % config.num_key_value_heads:
+        raise ValueError(f"config: num_attention_heads ({config.num_attention_heads}) is not a multiple of "
+                         f"num_key_value_heads ({config.num_key_value_heads})")
+    return config
+
+
+def check_vocabulary(tokenizer, model, model_dir):
+    """Every id the tokenizer can give must have an embedding row; a mismatch would fail deep in F.embedding."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{Path(model_dir) / 'tokenizer.json'}: token ids go up to {tokenizer.vocab_size - 1}, but "
+                         f"{Path(model_dir) / 'config.json'} has vocab_size {model.config.vocab_size}: the tokenizer "
+                         f"and the model do not belong together")

@@ -467,17 +467,18 @@ def repo_id(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument("--model", type=repo_id, default=DEFAULT_MODEL,
-                        help="hub repo id of a llama/qwen2 model (default: %(default)s; $HF_ENDPOINT sets the hub)")
+                        help="hub repo id of a llama/qwen2 model ($HF_ENDPOINT sets the hub)")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
-                        help="the model goes to CHECKPOINTS/<repo name> (default: %(default)s)")
+                        help="the model goes to CHECKPOINTS/<repo name>")
     parser.add_argument("--gguf", type=Path, help="only convert this llama GGUF file into --out")
     parser.add_argument("--out", type=Path, help="output folder for --gguf")
-    parser.add_argument("--data-dir", type=Path, default=Path("data/commonsense"), help="default: %(default)s")
-    parser.add_argument("--data-from", type=Path, help="copy the data from this local folder instead of downloading")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/commonsense"), help="where the data go")
+    parser.add_argument("--data-from", type=Path, help="copy the data from this local folder instead of downloading (a copy of LLM-Adapters' dataset/; "
+                             "tests/fixtures/commonsense is a small one)")
     parser.add_argument("--data-url", default=os.environ.get("PERA_DATA_URL", DATA_URL),
-                        help="base URL of the data files (default: $PERA_DATA_URL or %(default)s)")
+                        help="base URL of the data files ($PERA_DATA_URL, when set, is the default)")
     parser.add_argument("--skip-model", action="store_true", help="only prepare the data")
     parser.add_argument("--skip-data", action="store_true", help="only prepare the model")
     parser.add_argument("--no-170k", action="store_true", help=f"skip LLM-Adapters' {TRAIN_MIX} (~115 MB)")

@@ -32,7 +32,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import pera
-from model import Transformer
+from model import Transformer, check_vocabulary
 from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
 
@@ -47,18 +47,18 @@ TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     p.add_argument("--model", default="checkpoints/SmolLM2-135M-Instruct", help="Hugging Face model folder")
     p.add_argument("--data", default="data/commonsense", help="folder of <task>/train.json files")
     p.add_argument("--tasks", default=None, help="comma-separated training tasks (default: every train set present)")
     p.add_argument("--train-file", default=None, help=f"one JSON file of training records, 'none' for the per-task "
                    f"sets (default: <data>/{TRAIN_MIX} when present and --tasks is not given)")
-    p.add_argument("--method", choices=list(adapters.METHODS), default="pera")
+    p.add_argument("--method", choices=list(adapters.METHODS), default="pera", help="the adapter to train")
     p.add_argument("--rank", type=cli.COUNT, default=16, help="r (HiLoRA: r1, its Hadamard part's, which may be 0)")
     p.add_argument("--lora-rank", type=cli.COUNT, default=None, help="HiLoRA's r2, the rank of its LoRA part (needed by "
                    "--method hilora, and only by it)")
-    p.add_argument("--alpha", type=cli.NONZERO, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r (default "
-                   "alpha = r); HiLoRA's LoRA part's alpha / r2 (default alpha = r2)")
+    p.add_argument("--alpha", type=cli.NONZERO, default=None, help="LoRA/PERA/DoRA/LoRAN scaling is alpha / r, HiLoRA's "
+                   "LoRA part's alpha / r2 (default alpha = r, HiLoRA's r2)")
     p.add_argument("--dropout", type=cli.DROPOUT, default=None, help="adapter input dropout (default 0.05 LoRA/PERA/DoRA, "
                    "as their papers; 0 for HiRA, as its authors' code, and HiLoRA, to which the HiRA paper gives no "
                    "settings of its own; 0.2 for LoRAN, as its authors' released run)")
@@ -82,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=16, help="examples per optimizer step")
     p.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
                    help="examples per forward pass (gradient accumulation)")
-    p.add_argument("--epochs", type=cli.POSITIVE, default=3.0)
+    p.add_argument("--epochs", type=cli.POSITIVE, default=3.0, help="passes over the training set")
     p.add_argument("--max-steps", type=cli.POSITIVE_INT, default=None, help="optimizer steps; overrides --epochs")
     p.add_argument("--warmup-steps", type=cli.COUNT, default=100,
                    help="linear warm-up steps, at most a tenth of the run (so that a short run still reaches --lr)")
@@ -93,15 +93,15 @@ def parse_args(argv=None):
     p.add_argument("--val-size", type=cli.COUNT, default=120, help="examples held out of the training mix")
     p.add_argument("--cutoff", type=cli.POSITIVE_INT, default=commonsense.PROMPT_CUTOFF,
                    help="prompt tokens kept (at least the template's, to the end of \"### Response:\")")
-    p.add_argument("--weight-decay", type=cli.NON_NEGATIVE, default=0.0)
+    p.add_argument("--weight-decay", type=cli.NON_NEGATIVE, default=0.0, help="AdamW's weight decay")
     p.add_argument("--grad-clip", type=cli.NON_NEGATIVE, default=1.0, help="max gradient norm (0: no clipping)")
     p.add_argument("--train-on-inputs", action="store_true", help="loss on the prompt too (LLM-Adapters' default)")
-    p.add_argument("--seed", type=cli.SEED, default=42)
+    p.add_argument("--seed", type=cli.SEED, default=42, help="seed of torch's and Python's generators")
     p.add_argument("--out", default=None, help="output folder (default: runs/<method>-r<rank>)")
     p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None,
-                   help="bf16: frozen base in bf16 under autocast, adapters and AdamW in float32 (default on CUDA); "
-                        "fp32: everything float32 (default on CPU)")
+                   help="bf16: frozen base in bf16 under autocast, adapters and AdamW in float32; fp32: "
+                        "everything float32 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="recompute each transformer block in the backward pass: less memory, ~1/3 more compute")
     p.add_argument("--compile", action="store_true",
@@ -316,14 +316,6 @@ class Run:
         self.lengths = [len(ids) for ids, _ in self.train_set]
         self.n_scored = [sum(y != -100 for y in labels[1:]) for _, labels in self.train_set]  # loss positions
         self.state_file = self.out / safety.STATE_FILE
-
-
-def check_vocabulary(tokenizer, model, model_dir):
-    """Every id the tokenizer can give must have an embedding row; a mismatch would fail deep in F.embedding."""
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"{Path(model_dir) / 'tokenizer.json'}: token ids go up to {tokenizer.vocab_size - 1}, but "
-                         f"{Path(model_dir) / 'config.json'} has vocab_size {model.config.vocab_size}: the tokenizer "
-                         f"and the model do not belong together")
 
 
 def setup(args):

@@ -120,6 +120,17 @@ def run(main, argv=None):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default shown once: argparse's `(default: X)`, except where the help text
+    states its own `(default ...)` and for flags and options whose default is None (nothing to show). The
+    description keeps its line breaks. tests/test_readme.py checks every tool's --help."""
+
+    def _get_help_string(self, action):
+        if "(default" in action.help or action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 # -----------------------------------------------------------------------------
 # argparse types: each parses a flag's text or refuses it with what it expects
 

@@ -1,14 +1,18 @@
 """model.py against transformers' logits, and the properties generation and loading must have."""
+import ast
+import inspect
 import json
 import shutil
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import HERE_FIXTURES, fixture
 
-from model import Config, KVCache, Transformer
+from model import Config, KVCache, Transformer, check_vocabulary
 from support.safetensors_io import load_safetensors, save_safetensors
+from tokenizer import Tokenizer
 
 MODELS = ["tiny-llama", "tiny-llama3", "stories260K", "tiny-qwen2", "tiny-llama-linear"]  # tests/fixtures/README.md
 
@@ -222,3 +226,27 @@ def test_state_dict_keys_are_the_hugging_face_keys():
     model = Transformer(Config.from_hf(json.loads(fixture("models", "tiny-llama3", "config.json").read_text())))
     assert set(model.state_dict()) == set(reference)  # tied: no lm_head.weight
     assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()
+
+
+def test_the_model_comes_first():
+    """model.py opens with the plain Config and then the layers: the checks of a config.json stand after the
+    model, where the file is read (read_config), so the first nn.Module comes within the first 140 lines."""
+    tree = ast.parse(Path(inspect.getsourcefile(Config)).read_text())
+    first = min(node.lineno for node in tree.body if isinstance(node, ast.ClassDef)
+                and any(ast.unparse(base) == "nn.Module" for base in node.bases))
+    assert first <= 140
+    config = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Config")
+    assert not any(isinstance(node, ast.Raise) for node in ast.walk(config))  # no checking inside the dataclass
+    with pytest.raises(ValueError, match="head_dim is 3"):  # the reader checks what the dataclass takes as given
+        Config.from_hf({**BASE, "head_dim": 3})
+
+
+def test_a_tokenizer_with_more_ids_than_embedding_rows_is_refused():
+    """stories260K's own tokenizer fits its 512 embedding rows; SmolLM2's 49,152 ids do not, and the error names
+    both files of the folder before any id reaches F.embedding."""
+    model = Transformer.from_pretrained(model_dir("stories260K"))
+    check_vocabulary(Tokenizer.from_file(fixture("models", "stories260K", "tokenizer.json")), model, "m")
+    smollm2 = Tokenizer.from_file(fixture("tokenizers", "smollm2", "tokenizer.json"))
+    with pytest.raises(ValueError, match=f"^m/tokenizer.json: token ids go up to {smollm2.vocab_size - 1}, but "
+                                         f"m/config.json has vocab_size 512: the tokenizer and the model"):
+        check_vocabulary(smollm2, model, "m")
