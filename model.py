@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from support.safetensors_io import load_checkpoint_tensors
+from support.safetensors_io import check_tensors, load_checkpoint_tensors
 
 # -----------------------------------------------------------------------------
 # Config: one dataclass, filled from the checkpoint's own config.json.
@@ -383,9 +383,8 @@ class Transformer(nn.Module):
         for k, t in tensors.items():
             if t.shape != expected[k].shape:
                 raise ValueError(f"{path}: tensor '{k}' has shape {tuple(t.shape)}, the config implies {tuple(expected[k].shape)}")
-            if not t.is_floating_point():
-                raise ValueError(f"{path}: tensor '{k}' has dtype {t.dtype}, expected floating point")
-            tensors[k] = t.to(device=device, dtype=dtype)
+            tensors[k] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t
+        check_tensors(tensors, path)  # float, and finite in the dtype the model computes in
         model.load_state_dict(tensors, strict=True, assign=True)
         model.inv_freq = rope_inv_freq(config).to(device)
         return model.eval()
