@@ -78,7 +78,7 @@ def check_tensors(tensors: dict, path):
         if not bool(torch.isfinite(t).all()):
             bad = t[~torch.isfinite(t)]
             raise ValueError(f"{path}: tensor '{name}' holds {len(bad)} non-finite value(s) (the first: "
-                             f"{bad[0].item()}); a file of weights must hold numbers")
+                             f"{bad[0].item()})")
 
 
 def save_safetensors(tensors: dict, path, metadata: dict | None = None):
