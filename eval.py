@@ -539,6 +539,8 @@ def read_results(path):
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON, or not UTF-8
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(result, dict) or not {"name", "tasks", "average"} <= set(result):
         raise ValueError(f"{path}: not an eval.py results.json")
     tasks = result["tasks"] if isinstance(result["tasks"], dict) else None

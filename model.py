@@ -363,6 +363,8 @@ class Transformer(nn.Module):
             config = Config.from_hf(json.loads(config_file.read_text()))
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_file}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{config_file}: invalid JSON (nested too deeply)") from None
         except ValueError as e:
             raise ValueError(f"{config_file}: {e}") from None
         with torch.device("meta"):  # no memory and no random init for weights about to be replaced

@@ -429,6 +429,24 @@ CASES.update({
                                            ["args.json", "not a file"]),
     "train --resume: log.jsonl a folder": ("train", lambda c: c.resume_in(c.folder_named(c.runs["pera"][0], "log.jsonl")),
                                            ["log.jsonl", "not a file"]),
+    # found by the fresh round after these fixes
+    "eval: a float64 adapter value beyond float32 (1e300)": ("eval", lambda c: c.eval(adapter=c.tensors(
+        c.runs["lora"][0], "adapter_model.safetensors", lambda t: {**{k: v.double() for k, v in t.items()}, B_KEY: torch.full(
+            t[B_KEY].shape, 1e300, dtype=torch.float64)})), [B_KEY, "non-finite", "1e+300"]),
+    "config.json nested too deeply": ("eval", lambda c: c.eval(model=c.edited(c.stories_dir, "config.json", lambda d: deep())),
+                                      ["config.json", "nested too deeply"]),
+    "metrics.json nested too deeply": ("eval", lambda c: c.eval(adapter=c.edited(c.runs["lora"][0], "metrics.json",
+                                                                                 lambda d: deep())),
+                                       ["metrics.json", "nested too deeply"]),
+    "test.json nested too deeply": ("eval", lambda c: c.eval()[:2] + ["--data", str(c.edited(
+        c.data_dir, "boolq/test.json", lambda d: deep()))] + c.eval()[4:], ["boolq/test.json", "nested too deeply"]),
+    "eval: predictions.jsonl.partial a line nested too deeply": ("eval", lambda c: c.partial(deep()),
+                                                                 [evaluate.PARTIAL, "nested too deeply"]),
+    "eval --table: results.json nested too deeply": ("eval", lambda c: c.results({}) and (
+        c.tmp / "results.json").write_text(deep()) and ["--table", str(c.tmp / "results.json")],
+        ["results.json", "nested too deeply"]),
+    "train --resume: args.json nested too deeply": ("train", lambda c: c.resume_in(c.edited(
+        c.runs["pera"][0], "args.json", lambda d: deep())), ["args.json", "nested too deeply"]),
 })
 
 
