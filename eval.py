@@ -317,15 +317,16 @@ def open_out(out, settings, overwrite):
     --overwrite; an unfinished one with the same settings is continued. The partial file is written now,
     so an --out that cannot be written fails before the first example."""
     partial, lines = out / PARTIAL, []
+    for name in ("results.json", "predictions.jsonl", PARTIAL):  # eval.py's files, which it replaces: never a folder
+        if (out / name).exists() and not (out / name).is_file():
+            sys.exit(f"error: {out / name}: not a file (eval.py writes its evaluation there); remove it, or choose "
+                     f"another --out")
     if overwrite:
         for name in ("results.json", "predictions.jsonl", PARTIAL):
             (out / name).unlink(missing_ok=True)
     if (out / "results.json").is_file():
         sys.exit(f"error: {out} already holds an evaluation (results.json); pass --overwrite to replace it, or "
                  f"choose another --out")
-    if partial.exists() and not partial.is_file():
-        sys.exit(f"error: {partial}: not a file (eval.py keeps its predictions there); remove it, or choose another "
-                 f"--out")
     if partial.is_file():
         with cli.user_input(partial):
             text = partial.read_text(encoding="utf-8")

@@ -147,10 +147,10 @@ class Case:
         (copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map(names)}))
         return copy
 
-    def partial_folder(self):
-        """eval.py's argv, with a folder where its partial file would be."""
-        (self.tmp / "eval" / evaluate.PARTIAL).mkdir(parents=True)
-        return self.eval()
+    def partial_folder(self, name=evaluate.PARTIAL, *extra):
+        """eval.py's argv, with a folder where one of its files (the partial file) would be."""
+        (self.tmp / "eval" / name).mkdir(parents=True)
+        return self.eval(*extra)
 
     def folder_named(self, folder, name):
         """A copy of folder in which `name` is a folder, not a file."""
@@ -425,6 +425,8 @@ CASES.update({
     "adapter_config.json nested too deeply (merge)": ("merge", lambda c: c.merge(c.adapter("lora", lambda d: deep()))[
         :2] + ["--out", str(c.tmp / "merged")], ["adapter_config.json", "nested too deeply"]),
     "eval: predictions.jsonl.partial a folder": ("eval", lambda c: c.partial_folder(), [evaluate.PARTIAL, "not a file"]),
+    "eval --overwrite: results.json a folder": ("eval", lambda c: c.partial_folder("results.json", "--overwrite"),
+                                                ["eval/results.json", "not a file"]),
     "train --resume: args.json a folder": ("train", lambda c: c.resume_in(c.folder_named(c.runs["pera"][0], "args.json")),
                                            ["args.json", "not a file"]),
     "train --resume: log.jsonl a folder": ("train", lambda c: c.resume_in(c.folder_named(c.runs["pera"][0], "log.jsonl")),
