@@ -127,9 +127,12 @@ def test_an_index_names_shards_in_its_own_folder(tmp_path, weight_map):
 
 
 def test_weights_are_float_and_finite():
-    ok = {"f32": torch.randn(3), "bf16": torch.randn(2).bfloat16(), "f64": torch.tensor([1e300], dtype=torch.float64),
+    ok = {"f32": torch.randn(3), "bf16": torch.randn(2).bfloat16(), "f64": torch.tensor([3e38], dtype=torch.float64),
           "empty": torch.zeros(0)}
     check_tensors(ok, "x.safetensors")
+    with pytest.raises(ValueError) as e:  # finite in float64, inf in float32, which the adapters compute in
+        check_tensors({**ok, "f64": torch.tensor([1.0, 1e300], dtype=torch.float64)}, "x.safetensors")
+    assert str(e.value) == "x.safetensors: tensor 'f64' holds 1 non-finite value(s) (the first: 1e+300)"
     for value, shown in ((float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf")):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             bad = torch.ones(2, 3, dtype=dtype)
