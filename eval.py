@@ -14,6 +14,7 @@ rank and effective rank of every adapted layer's ΔW; --table prints earlier res
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 import pera
 from model import Transformer, check_vocabulary
-from support import adapters, cli, commonsense, safety
+from support import adapters, cli, commonsense, provenance, safety
 from tokenizer import Tokenizer
 
 
@@ -69,10 +70,7 @@ def base_model(args):
         config_file = Path(args.adapter) / "adapter_config.json"
         if not config_file.is_file():
             sys.exit(f"error: {args.adapter}: no adapter_config.json")
-        try:
-            trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
-        except (ValueError, AttributeError) as e:  # not JSON, or not an object
-            raise ValueError(f"{config_file}: not a JSON adapter config ({e})") from None
+        trained_on = provenance.trained_on(args.adapter)  # not JSON, not an object, a base that is not a path
     args.model = str(args.model or trained_on or "checkpoints/SmolLM2-135M-Instruct")
     base = Path(args.model)
     if not (base / "tokenizer.json").is_file():
@@ -302,9 +300,12 @@ PARTIAL = "predictions.jsonl.partial"  # line 1: the settings; then one line per
 
 
 def settings_of(args, data):
-    """What decides the answers: an unfinished evaluation continues only with the same."""
+    """What decides the answers: an unfinished evaluation continues only with the same. An adapter that the
+    model already has merged in is refused here, before anything is written."""
+    sha256 = adapters.digest(args.adapter) if args.adapter else None
+    provenance.check_not_applied(args.adapter, args.model, sha256)
     return {"model": args.model, "adapter": args.adapter, "merge": args.merge, "mode": args.mode,
-            "adapter_sha256": adapters.digest(args.adapter)[:16] if args.adapter else None,  # retrained since?
+            "adapter_sha256": sha256[:16] if sha256 else None,  # retrained since?
             "data": args.data, "tasks": list(data), "limit": args.limit,
             "max_new_tokens": args.max_new_tokens if args.mode == "generate" else None,
             "dtype": "bfloat16" if torch.device(args.device).type == "cuda" else "float32"}
@@ -317,6 +318,10 @@ def open_out(out, settings, overwrite):
     --overwrite; an unfinished one with the same settings is continued. The partial file is written now,
     so an --out that cannot be written fails before the first example."""
     partial, lines = out / PARTIAL, []
+    for name in ("results.json", "predictions.jsonl", PARTIAL):  # eval.py's files, which it replaces: never a folder
+        if (out / name).exists() and not (out / name).is_file():
+            sys.exit(f"error: {out / name}: not a file (eval.py writes its evaluation there); remove it, or choose "
+                     f"another --out")
     if overwrite:
         for name in ("results.json", "predictions.jsonl", PARTIAL):
             (out / name).unlink(missing_ok=True)
@@ -325,7 +330,8 @@ def open_out(out, settings, overwrite):
                  f"choose another --out")
     if partial.is_file():
         with cli.user_input(partial):
-            header, *rest = partial.read_text().splitlines() or ["{}"]
+            text = partial.read_text(encoding="utf-8")
+            header, *rest = text.splitlines() or ["{}"]
             saved = json.loads(header)
             if not isinstance(saved, dict):
                 raise ValueError("its first line is not eval.py's settings; pass --overwrite to discard it")
@@ -334,13 +340,59 @@ def open_out(out, settings, overwrite):
         if changed and len(rest) > 0:  # a header alone holds nothing to keep
             sys.exit(f"error: {out} holds an unfinished evaluation with other settings ({'; '.join(changed)}); "
                      f"pass --overwrite to discard it, or choose another --out")
-        for line in rest if not changed else []:
-            try:
-                lines.append(json.loads(line))
-            except ValueError:  # the last line, cut by a kill
-                break
+        if not changed:
+            with cli.user_input(partial):
+                lines = read_partial(rest, settings, cut=not text.endswith("\n"))
     adapters.write_text(partial, "".join(json.dumps(x) + "\n" for x in [settings, *lines]))
     return lines
+
+
+def read_partial(rest, settings, cut):
+    """The predictions of an unfinished evaluation's lines, each checked against the data it answers: a known
+    task, an index in range, each example once, the prediction re-extracted from what the model wrote (or
+    scored) and compared with the data's gold answer (never read). The last line, if `cut` (no newline: a
+    kill in the middle of a write), is dropped; any other line that is not eval.py's is an error naming it."""
+    data = {t: commonsense.load_records(Path(settings["data"]) / t / "test.json")[:settings["limit"]]
+            for t in settings["tasks"]}
+    lines, seen = [], set()
+    for n, line in enumerate(rest, 2):
+        try:
+            x = json.loads(line)
+        except ValueError:
+            if cut and n == len(rest) + 1:
+                break
+            raise ValueError(f"line {n} is not JSON; pass --overwrite to discard this evaluation") from None
+        task, i = x.get("task") if isinstance(x, dict) else None, x.get("index") if isinstance(x, dict) else None
+        what = ("not one of eval.py's predictions" if not isinstance(x, dict) else
+                f"its task {task!r} is not one of this evaluation's ({', '.join(data)})"
+                if not isinstance(task, str) or task not in data else
+                f"its index {i!r} is not an example of {task} (0 to {len(data[task]) - 1})"
+                if not cli.COUNT.ok(i) or i >= len(data[task]) else
+                f"it repeats {task} example {i}" if (task, i) in seen else
+                None)
+        if what is None:
+            what, prediction = answered(x, task, settings["mode"])
+        if what is not None:
+            raise ValueError(f"line {n}: {what}; pass --overwrite to discard this evaluation")
+        seen.add((task, i))
+        gold = commonsense.gold_answer(task, data[task][i])
+        lines.append({**x, "answer": gold, "prediction": prediction, "correct": prediction == gold})
+    return lines
+
+
+def answered(x, task, mode):
+    """(what is wrong with a saved prediction x, or None; its prediction, recomputed from what the model wrote)."""
+    if not cli.COUNT.ok(x.get("tokens_cut")):
+        return "its tokens_cut is not a count", None
+    if mode == "generate":
+        if not isinstance(x.get("output"), str):
+            return "its output is not text", None
+        return None, commonsense.extract_answer(task, x["output"])
+    scores = x.get("scores")
+    labels = commonsense.ANSWER_PATTERNS[task].split("|")
+    if not isinstance(scores, dict) or not scores or not all(k in labels and cli.FINITE.ok(v) for k, v in scores.items()):
+        return f"its scores are not finite numbers for {task}'s labels", None
+    return None, max(scores, key=scores.get)
 
 
 def main(argv=None):
@@ -489,6 +541,8 @@ def read_results(path):
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON, or not UTF-8
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(result, dict) or not {"name", "tasks", "average"} <= set(result):
         raise ValueError(f"{path}: not an eval.py results.json")
     tasks = result["tasks"] if isinstance(result["tasks"], dict) else None
@@ -502,6 +556,18 @@ def read_results(path):
     if wrong:
         raise ValueError(f"{path}: '{wrong}' is missing or not what eval.py writes (name: text; tasks: an object of "
                          f"tasks, each with a number accuracy; average and trainable_percent: numbers)")
+    for t, r in tasks.items():
+        if t not in commonsense.TASKS or r["accuracy"] > 100:
+            raise ValueError(f"{path}: 'tasks.{t}' is not one of the tasks ({', '.join(commonsense.TASKS)}) with an "
+                             f"accuracy of at most 100")
+        if {"correct", "n"} <= set(r) and not (cli.COUNT.ok(r["correct"]) and cli.POSITIVE_INT.ok(r["n"])
+                                               and math.isclose(r["accuracy"], 100 * r["correct"] / r["n"])):
+            raise ValueError(f"{path}: 'tasks.{t}.accuracy' is {r['accuracy']}, but its correct and n are "
+                             f"{r['correct']} of {r['n']}")
+    average = sum(r["accuracy"] for r in tasks.values()) / len(tasks) if tasks else None
+    if average is None or not math.isclose(result["average"], average, abs_tol=1e-9):
+        raise ValueError(f"{path}: 'average' is {result['average']}, but the mean of its "
+                         f"{len(tasks)} tasks' accuracies is {average}")
     return result
 
 

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from eval import keep_last, load  # eval.py's loader; named imports, so the builtin eval() stays unshadowed
-from support import cli, commonsense
+from support import cli, commonsense, provenance
 
 
 def parse_args(argv=None):
@@ -68,6 +68,7 @@ def main(argv=None, out=None):
     args = parse_args(argv)
     with cli.user_input():
         model, tokenizer, _ = load(args)
+        provenance.check_not_applied(args.adapter, args.model)  # an adapter the model has merged in already
     room = model.config.max_position_embeddings - args.max_new_tokens
     if room < 2:
         sys.exit(f"error: --max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's "

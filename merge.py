@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from model import Transformer
-from support import adapters, cli, safety
+from support import adapters, cli, provenance, safety
+from support.provenance import check_not_merged
 from support.safetensors_io import load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -47,11 +48,9 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     adapter, model_dir, out = Path(adapter), Path(model_dir), Path(out)
     # for merged_from.json: the paths as the user gave them, which adapter it is, and what the base already holds
     given = {"adapter": str(adapter), "base_model": str(model_dir), "adapter_sha256": adapters.digest(adapter)}
-    if (model_dir / "merged_from.json").is_file():
-        try:
-            given["base_merged_from"] = json.loads((model_dir / "merged_from.json").read_text())
-        except ValueError as e:
-            raise ValueError(f"{model_dir / 'merged_from.json'}: not valid JSON ({e})") from None
+    merged = provenance.merged_from(model_dir)
+    if merged is not None:
+        given["base_merged_from"] = merged
         check_not_merged(given)
     # The folder is written as .<out>.partial beside out: a name derived from out, so that the next merge into it
     # finds what a killed one left, and one that holds merge.py's lock file (made first) is merge.py's
@@ -72,17 +71,6 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
             shutil.rmtree(partial, ignore_errors=True)
             raise
     return {**info, "bytes": (out / "model.safetensors").stat().st_size}
-
-
-def check_not_merged(given):
-    """Refuse an adapter that the base model already has merged in (its merged_from.json, and theirs before)."""
-    merged = given["base_merged_from"]
-    while isinstance(merged, dict):
-        if merged.get("adapter_sha256") == given["adapter_sha256"]:
-            raise ValueError(f"{given['base_model']} already has {given['adapter']} merged into it (its "
-                             f"merged_from.json: adapter {merged.get('adapter')}, merged into "
-                             f"{merged.get('base_model')}); merging it again would add its update twice")
-        merged = merged.get("base_merged_from")
 
 
 def write_merged(adapter, model_dir, folder, dtype, given):
@@ -123,10 +111,8 @@ def main(argv=None):
     config_file = adapter / "adapter_config.json"
     if not config_file.is_file():
         sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
-    try:
-        base = args.model or json.loads(config_file.read_text()).get("base_model_name_or_path")
-    except (json.JSONDecodeError, AttributeError) as e:  # not JSON, or not an object
-        sys.exit(f"error: {config_file}: not a JSON adapter config ({e})")
+    with cli.user_input():  # not JSON, not an object, a base that is not a path
+        base = args.model or provenance.trained_on(adapter)
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")
     if not args.model and not Path(base).is_dir():  # a relative path is read from the current directory

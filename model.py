@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from support.safetensors_io import load_checkpoint_tensors
+from support.safetensors_io import check_tensors, load_checkpoint_tensors
 
 # -----------------------------------------------------------------------------
 # Config: one dataclass, filled from the checkpoint's own config.json (read and checked by read_config, at the end).
@@ -300,9 +300,8 @@ class Transformer(nn.Module):
         for k, t in tensors.items():
             if t.shape != expected[k].shape:
                 raise ValueError(f"{path}: tensor '{k}' has shape {tuple(t.shape)}, the config implies {tuple(expected[k].shape)}")
-            if not t.is_floating_point():
-                raise ValueError(f"{path}: tensor '{k}' has dtype {t.dtype}, expected floating point")
-            tensors[k] = t.to(device=device, dtype=dtype)
+            tensors[k] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t
+        check_tensors(tensors, path)  # float, and finite in the dtype the model computes in
         model.load_state_dict(tensors, strict=True, assign=True)
         model.inv_freq = rope_inv_freq(config).to(device)
         return model.eval()
@@ -360,6 +359,8 @@ def read_config(path) -> Config:
         return config_from_hf(json.loads(Path(path).read_text()))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: invalid JSON (nested too deeply)") from None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -710,3 +710,5 @@ def _read_json(path: Path):
             raise ValueError(f"{path}: not UTF-8 text ({e})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None

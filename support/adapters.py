@@ -24,7 +24,7 @@ import lora
 import loran
 import pera
 from support import cli
-from support.safetensors_io import load_safetensors, save_safetensors
+from support.safetensors_io import check_tensors, load_safetensors, save_safetensors
 
 METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran, "hilora": hira}
 CLASSES = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,
@@ -175,9 +175,10 @@ def load_adapter(model, folder) -> dict:
         raise FileNotFoundError(f"{folder}: no adapter_config.json")
     try:
         spec = settings_from_peft_config(json.loads(config_file.read_text()), config_file)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{config_file}: invalid JSON ({e})") from None
     tensors = load_safetensors(folder / "adapter_model.safetensors")
+    check_tensors(tensors, folder / "adapter_model.safetensors")  # float and finite, once, here
     ranks = {"A": spec["rank"]} if spec["method"] != "hilora" else {"A": spec["rank"], "lora_A": spec["lora_rank"]}
     for part, rank in ranks.items():  # checked before inject builds the adapter: an r that is wrong may be huge
         a_key = TENSOR_KEYS[spec["method"]][part]

@@ -32,12 +32,15 @@ REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, e
 
 @contextlib.contextmanager
 def user_input(culprit=None):
-    """Inside this block a ValueError or OSError means bad input: exit with `error: [culprit: ]message`."""
+    """Inside this block a ValueError or OSError (or a JSON file's RecursionError) means bad input: exit with
+    `error: [culprit: ]message`."""
     try:
         yield
     except (ValueError, OSError) as e:
         message = " ".join((str(e) or type(e).__name__).split())  # one line, even for a multi-line message
         sys.exit(f"error: {f'{culprit}: ' if culprit else ''}{message}")
+    except RecursionError:  # JSON nested deeper than the parser goes: json.loads raises this, not a ValueError
+        sys.exit(f"error: {f'{culprit}: ' if culprit else ''}not valid JSON (nested too deeply)")
 
 
 def disk_refusal(e):

@@ -37,27 +37,49 @@ def load_safetensors(path) -> dict:
         header = json.loads(bytes(buffer[8:8 + n]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     start, end_of_data = 8 + n, size - 8 - n
-    tensors = {}
+    tensors, spans = {}, []
     for name, info in header.items():
         try:
             dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
+            shape, (begin, end) = list(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{path}: corrupt or unsupported header entry for tensor '{name}': {info}") from None
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape + [begin, end]):
+            raise ValueError(f"{path}: tensor '{name}' has shape {shape} and data_offsets {info['data_offsets']}: "
+                             f"expected integers >= 0")
         numel = math.prod(shape)
         if end - begin != numel * dtype.itemsize or not 0 <= begin <= end <= end_of_data:
             raise ValueError(f"{path}: tensor '{name}' has data_offsets {[begin, end]} that do not fit its "
                              f"shape {shape} {info['dtype']} or the file ({end_of_data} data bytes; truncated?)")
+        spans.append((begin, end, name))
         if numel == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
             tensors[name] = torch.frombuffer(buffer, dtype=dtype, count=numel, offset=start + begin).view(shape)
+    spans.sort()
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):  # two tensors that share bytes: a forged file
+        if begin < end:
+            raise ValueError(f"{path}: tensors '{first}' and '{second}' overlap (their data_offsets share bytes)")
     return tensors
+
+
+def check_tensors(tensors: dict, path):
+    """Every tensor of a file whose tensors are weights: of a float dtype, and finite (no NaN, no inf) in float32,
+    the dtype adapters compute in; else an error naming the file and the first tensor that is not. Called once,
+    where the file is loaded."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{path}: tensor '{name}' has dtype {t.dtype}, expected floating point")
+        if not bool(torch.isfinite(t.float()).all()):  # float32's range too: what float64 holds beyond it is inf there
+            bad = t[~torch.isfinite(t.float())]
+            raise ValueError(f"{path}: tensor '{name}' holds {len(bad)} non-finite value(s) (the first: "
+                             f"{bad[0].item()})")
 
 
 def save_safetensors(tensors: dict, path, metadata: dict | None = None):
@@ -98,8 +120,14 @@ def load_checkpoint_tensors(path: Path) -> dict:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{index}: not a valid safetensors index (JSON nested too deeply)") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f == Path(f).name and f.endswith(
+                ".safetensors") for f in weight_map.values()):
+            raise ValueError(f"{index}: not a valid safetensors index ('weight_map' must map each tensor to the "
+                             f"name of a .safetensors file in {path})")
         tensors = {}
         for shard in sorted(set(weight_map.values())):
             if not (path / shard).is_file():

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from support import cli
+from support.safetensors_io import check_tensors
 
 STATE_FILE = Path("checkpoint") / "state.pt"  # inside --out
 TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
@@ -265,6 +266,9 @@ def load_state(path, model):
     shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
     if shapes != {n: tuple(p.shape) for n, p in params.items()}:
         raise ValueError(f"{path}: its adapter tensors do not fit this model and method")
+    moments = {f"AdamW's {k} of parameter {i}": v for i, s in state["optimizer"]["state"].items()
+               for k, v in (s.items() if isinstance(s, dict) else []) if isinstance(v, torch.Tensor)}
+    check_tensors({**state["trainable"], **moments}, path)  # float and finite, once, at load
     return state
 
 
@@ -331,6 +335,9 @@ def check_run_folder(args):
     """--resume: a saved run in --out, with the same defining arguments. Otherwise: no run there to overwrite."""
     out = Path(args.out)
     state_file = out / STATE_FILE
+    for path in (out / "args.json", out / "log.jsonl", state_file):  # train.py writes these files, never folders
+        if path.exists() and not path.is_file():
+            sys.exit(f"error: {path}: not a file (train.py keeps its run there); remove it, or choose another --out")
     if args.resume:
         if not state_file.is_file():
             what = ("start it without --resume" if not (out / "adapter_model.safetensors").is_file() else

@@ -22,6 +22,7 @@ import train
 from experiments import bench, plot, study, toy
 from model import Config, Transformer
 from support import adapters, cli, commonsense
+from support.safetensors_io import load_safetensors, save_safetensors
 from test_robustness import data_dir, stories_dir  # noqa: F401  (fixtures: stories260K, small copies of the data)
 from tokenizer import Tokenizer
 
@@ -92,15 +93,71 @@ class Case:
 
     def resume_with_state(self, edit):
         """--resume of a copy of the finished PERA run whose checkpoint/state.pt is edit(the saved state)."""
-        folder, argv = self.runs["pera"]
-        copy = self.copy(folder, "run-copy")
+        copy = self.copy(self.runs["pera"][0], "run-copy")
         state_file = copy / "checkpoint" / "state.pt"
         torch.save(edit(torch.load(state_file, weights_only=True)), state_file)
+        return self.resume_in(copy)
+
+    def resume_in(self, copy):
+        """The PERA run's argv with --out its copy, and --resume."""
+        folder, argv = self.runs["pera"]
         return [str(copy) if a == str(folder) else a for a in argv] + ["--resume"]
 
     def results(self, content):
         (self.tmp / "results.json").write_text(json.dumps(content))
         return ["--table", str(self.tmp / "results.json")]
+
+    def merged(self):
+        """The LoRA run merged into stories260K by merge.py: a model whose merged_from.json names that adapter."""
+        merge.main(["--adapter", str(self.runs["lora"][0]), "--model", str(self.stories_dir), "--out", str(self.tmp / "m0")])
+        return self.tmp / "m0"
+
+    def tensors(self, folder, file, edit):
+        """A copy of folder whose safetensors `file` holds edit(its tensors) (edited in place, or returned)."""
+        copy = self.copy(folder, f"{Path(folder).name}-tensors")
+        tensors = {k: t.clone() for k, t in load_safetensors(copy / file).items()}
+        save_safetensors(edit(tensors) or tensors, copy / file)
+        return copy
+
+    def header(self, folder, file, edit):
+        """A copy of folder whose safetensors `file` has the header edit(its header), the data as they were."""
+        copy = self.copy(folder, f"{Path(folder).name}-header")
+        raw = (copy / file).read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = edit(json.loads(raw[8:8 + n]))
+        blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+        (copy / file).write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+        return copy
+
+    def partial(self, *lines):
+        """eval.py's argv, with an unfinished evaluation in --out: its settings line, then `lines` (text as is)."""
+        argv = self.eval()
+        args = evaluate.parse_args(argv)
+        evaluate.base_model(args)
+        data = {"boolq": commonsense.load_records(self.data_dir / "boolq" / "test.json")[:args.limit]}
+        (self.tmp / "eval").mkdir()
+        (self.tmp / "eval" / evaluate.PARTIAL).write_text("".join(
+            (x if isinstance(x, str) else json.dumps(x)) + "\n" for x in [evaluate.settings_of(args, data), *lines]))
+        return argv
+
+    def sharded(self, weight_map):
+        """A copy of stories260K whose tensors are named by a model.safetensors.index.json of weight_map(names)."""
+        copy = self.copy(self.stories_dir, "sharded")
+        names = list(load_safetensors(copy / "model.safetensors"))
+        (copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map(names)}))
+        return copy
+
+    def partial_folder(self, name=evaluate.PARTIAL, *extra):
+        """eval.py's argv, with a folder where one of its files (the partial file) would be."""
+        (self.tmp / "eval" / name).mkdir(parents=True)
+        return self.eval(*extra)
+
+    def folder_named(self, folder, name):
+        """A copy of folder in which `name` is a folder, not a file."""
+        copy = self.copy(folder, f"{Path(folder).name}-dir")
+        (copy / name).unlink(missing_ok=True)
+        (copy / name).mkdir()
+        return copy
 
 
 class RunsCode:
@@ -254,6 +311,147 @@ CASES = {
 }
 
 
+def first(tensors, part):
+    return tensors[sorted(k for k in tensors if part in k)[0]]
+
+
+def one_value(part, value):
+    """An edit of an adapter's or a model's tensors: the first element of the first tensor named *part* is value."""
+    def edit(tensors):
+        first(tensors, part).view(-1)[0] = value
+    return edit
+
+
+def deep(n=100_000):
+    return "[" * n + "]" * n
+
+
+UP = "model.layers.0.mlp.up_proj.weight"
+B_KEY = "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"  # the LoRA run's first lora_B, sorted
+Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"  # of the same shape (64, 4)
+DUE = {"task": "boolq", "answer": "true", "correct": True, "output": "", "prediction": "true", "tokens_cut": 0}
+# issue 34: an adapter applied twice; non-finite or non-float tensors; eval.py's partial file and --table
+CASES.update({
+    "eval --adapter A --model <A merged>": ("eval", lambda c: c.eval(adapter=c.runs["lora"][0], model=c.merged()),
+                                            ["m0 already has", "lora", "merged into it", "applying it again"]),
+    "eval --merge --adapter A --model <A merged>": ("eval", lambda c: c.eval(
+        "--merge", adapter=c.runs["lora"][0], model=c.merged()), ["m0 already has", "lora", "twice"]),
+    "generate --adapter A --model <A merged>": ("generate", lambda c: c.generate(
+        adapter=c.runs["lora"][0], model=c.merged()), ["m0 already has", "lora", "twice"]),
+    "merge: a NaN in the adapter": ("merge", lambda c: c.merge(c.tensors(c.runs["lora"][0], "adapter_model.safetensors",
+                                                                         one_value("lora_B", math.nan))),
+                                    ["adapter_model.safetensors", B_KEY, "non-finite", "nan"]),
+    "eval: an inf in the adapter": ("eval", lambda c: c.eval(adapter=c.tensors(
+        c.runs["lora"][0], "adapter_model.safetensors", one_value("lora_B", math.inf))), [B_KEY, "non-finite", "inf"]),
+    "eval --mode loglik: a NaN in PERA's h": ("eval", lambda c: c.eval("--mode", "loglik", adapter=c.tensors(
+        c.runs["pera"][0], "adapter_model.safetensors", one_value("pera_h", math.nan))),
+        ["adapter_model.safetensors", "layers.0.mlp.down_proj.pera_h", "non-finite"]),
+    "generate: a NaN in the adapter": ("generate", lambda c: c.generate(adapter=c.tensors(
+        c.runs["lora"][0], "adapter_model.safetensors", one_value("lora_B", math.nan))), [B_KEY, "non-finite"]),
+    "eval --rank-report: a NaN in the adapter": ("eval", lambda c: [
+        "--model", str(c.stories_dir), "--rank-report", "--device", "cpu", "--adapter", str(c.tensors(
+            c.runs["lora"][0], "adapter_model.safetensors", one_value("lora_B", math.nan)))], [B_KEY, "non-finite"]),
+    "eval: a NaN in the base model": ("eval", lambda c: c.eval(model=c.tensors(c.stories_dir, "model.safetensors",
+                                                                               one_value(UP, math.nan))),
+                                      ["stories260K-tensors", f"'{UP}'", "non-finite", "nan"]),
+    "merge: an inf in the base model": ("merge", lambda c: ["--adapter", str(c.runs["lora"][0]), "--out", str(
+        c.tmp / "merged"), "--model", str(c.tensors(c.stories_dir, "model.safetensors", one_value(UP, -math.inf)))],
+        [f"'{UP}'", "non-finite", "-inf"]),
+    "merge: an int64 adapter tensor": ("merge", lambda c: c.merge(c.tensors(
+        c.runs["lora"][0], "adapter_model.safetensors", lambda t: {**t, B_KEY: t[B_KEY].round().long()})),
+        ["adapter_model.safetensors", B_KEY, "torch.int64", "floating point"]),
+    "eval: adapter tensors with overlapping data_offsets": ("eval", lambda c: c.eval(adapter=c.header(
+        c.runs["lora"][0], "adapter_model.safetensors",  # q_proj's B (64, 4) on down_proj's bytes
+        lambda h: {**h, Q_B: {**h[Q_B], "data_offsets": h[B_KEY]["data_offsets"]}})),
+        ["adapter_model.safetensors", "overlap", B_KEY, Q_B]),
+    "train --resume: a NaN in state.pt": ("train", lambda c: c.resume_with_state(lambda s: {
+        **s, "trainable": {k: t.fill_(math.nan) if k.endswith(".h") else t for k, t in s["trainable"].items()}}),
+        ["state.pt", "layers.0.self_attn.q_proj.h'", "non-finite"]),
+    "train --resume: an inf in AdamW's state": ("train", lambda c: c.resume_with_state(lambda s: {
+        **s, "optimizer": {**s["optimizer"], "state": {k: {**v, "exp_avg": v["exp_avg"].fill_(math.inf)}
+                                                       for k, v in s["optimizer"]["state"].items()}}}),
+        ["state.pt", "AdamW's exp_avg of parameter", "non-finite"]),
+    "eval: predictions.jsonl.partial repeats an example": ("eval", lambda c: c.partial(
+        {**DUE, "index": 0}, {**DUE, "index": 0}), [evaluate.PARTIAL, "line 3", "repeats boolq example 0"]),
+    "eval: predictions.jsonl.partial index out of range": ("eval", lambda c: c.partial({**DUE, "index": 7}),
+                                                           [evaluate.PARTIAL, "line 2", "index 7", "0 to 1"]),
+    "eval: predictions.jsonl.partial index -1": ("eval", lambda c: c.partial({**DUE, "index": -1}),
+                                                 [evaluate.PARTIAL, "line 2", "index -1"]),
+    "eval: predictions.jsonl.partial {}": ("eval", lambda c: c.partial({}), [evaluate.PARTIAL, "line 2", "task None"]),
+    "eval: predictions.jsonl.partial 5": ("eval", lambda c: c.partial("5"),
+                                          [evaluate.PARTIAL, "line 2", "not one of eval.py's predictions"]),
+    "eval: predictions.jsonl.partial an unknown task": ("eval", lambda c: c.partial({**DUE, "index": 0, "task": "x"}),
+                                                        [evaluate.PARTIAL, "line 2", "task 'x'"]),
+    "eval: predictions.jsonl.partial an output not text": ("eval", lambda c: c.partial({**DUE, "index": 0, "output": 5}),
+                                                           [evaluate.PARTIAL, "line 2", "output is not text"]),
+    "eval: predictions.jsonl.partial a torn line in the middle": ("eval", lambda c: c.partial(
+        '{"task": "boolq", "ind', {**DUE, "index": 1}), [evaluate.PARTIAL, "line 2", "not JSON"]),
+    "eval --table: an average that is not its tasks' mean": ("eval", lambda c: c.results({
+        "name": "x", "tasks": {"boolq": {"accuracy": 50.0}, "piqa": {"accuracy": 70.0}}, "average": 99.0}),
+        ["results.json", "'average' is 99.0", "mean", "60.0"]),
+    "eval --table: an accuracy that is not correct / n": ("eval", lambda c: c.results({
+        "name": "x", "tasks": {"boolq": {"accuracy": 90.0, "correct": 1, "n": 2}}, "average": 90.0}),
+        ["results.json", "'tasks.boolq.accuracy' is 90.0", "1 of 2"]),
+    # tracebacks that are one line now
+    "adapter_model.safetensors: a negative dimension": ("eval", lambda c: c.eval(adapter=c.header(
+        c.runs["lora"][0], "adapter_model.safetensors", lambda h: {**h, B_KEY: {**h[B_KEY], "shape": [-64, -4]}})),
+        ["adapter_model.safetensors", B_KEY, "[-64, -4]", "integers >= 0"]),
+    "model.safetensors: a zero dimension": ("eval", lambda c: c.eval(model=c.header(
+        c.stories_dir, "model.safetensors", lambda h: {**h, UP: {**h[UP], "shape": [0, 64], "data_offsets": [
+            h[UP]["data_offsets"][0]] * 2}})), [f"'{UP}'", "shape (0, 64)", "(172, 64)"]),
+    "model.safetensors: a shape of floats": ("merge", lambda c: ["--adapter", str(c.runs["lora"][0]), "--out", str(
+        c.tmp / "merged"), "--model", str(c.header(c.stories_dir, "model.safetensors", lambda h: {
+            **h, UP: {**h[UP], "shape": [172.0, 64.0]}}))], [f"'{UP}'", "integers >= 0"]),
+    "adapter_config base_model_name_or_path 5 (eval)": ("eval", lambda c: c.eval(adapter=c.adapter(
+        "lora", set_key(base_model_name_or_path=5)))[2:], ["adapter_config.json", "'base_model_name_or_path' is 5"]),
+    "adapter_config base_model_name_or_path 5 (merge)": ("merge", lambda c: c.merge(c.adapter(
+        "lora", set_key(base_model_name_or_path=5)))[:2] + ["--out", str(c.tmp / "merged")],
+        ["adapter_config.json", "'base_model_name_or_path' is 5"]),
+    "adapter_config base_model_name_or_path 5 (generate)": ("generate", lambda c: c.generate(adapter=c.adapter(
+        "lora", set_key(base_model_name_or_path=5)))[:2] + ["--device", "cpu", "x"],
+        ["adapter_config.json", "'base_model_name_or_path' is 5"]),
+    "model.safetensors.index.json: weight_map values numbers": ("eval", lambda c: c.eval(model=c.sharded(
+        lambda names: dict.fromkeys(names, 1))), ["model.safetensors.index.json", "'weight_map'"]),
+    "model.safetensors.index.json: a shard outside the folder": ("eval", lambda c: c.eval(model=c.sharded(
+        lambda names: dict.fromkeys(names, "../stories260K/model.safetensors"))), ["index.json", "'weight_map'"]),
+    "adapter_model.safetensors: a header nested too deeply": ("eval", lambda c: c.eval(adapter=c.header(
+        c.runs["lora"][0], "adapter_model.safetensors", lambda h: deep().encode())),
+        ["adapter_model.safetensors", "nested too deeply"]),
+    "tokenizer.json nested too deeply": ("eval", lambda c: c.eval(model=c.edited(c.stories_dir, "tokenizer.json",
+                                                                                 lambda d: deep())),
+                                         ["tokenizer.json", "nested too deeply"]),
+    "adapter_config.json nested too deeply (eval)": ("eval", lambda c: c.eval(adapter=c.adapter("lora", lambda d: deep())),
+                                                     ["adapter_config.json", "nested too deeply"]),
+    "adapter_config.json nested too deeply (merge)": ("merge", lambda c: c.merge(c.adapter("lora", lambda d: deep()))[
+        :2] + ["--out", str(c.tmp / "merged")], ["adapter_config.json", "nested too deeply"]),
+    "eval: predictions.jsonl.partial a folder": ("eval", lambda c: c.partial_folder(), [evaluate.PARTIAL, "not a file"]),
+    "eval --overwrite: results.json a folder": ("eval", lambda c: c.partial_folder("results.json", "--overwrite"),
+                                                ["eval/results.json", "not a file"]),
+    "train --resume: args.json a folder": ("train", lambda c: c.resume_in(c.folder_named(c.runs["pera"][0], "args.json")),
+                                           ["args.json", "not a file"]),
+    "train --resume: log.jsonl a folder": ("train", lambda c: c.resume_in(c.folder_named(c.runs["pera"][0], "log.jsonl")),
+                                           ["log.jsonl", "not a file"]),
+    # found by the fresh round after these fixes
+    "eval: a float64 adapter value beyond float32 (1e300)": ("eval", lambda c: c.eval(adapter=c.tensors(
+        c.runs["lora"][0], "adapter_model.safetensors", lambda t: {**{k: v.double() for k, v in t.items()}, B_KEY: torch.full(
+            t[B_KEY].shape, 1e300, dtype=torch.float64)})), [B_KEY, "non-finite", "1e+300"]),
+    "config.json nested too deeply": ("eval", lambda c: c.eval(model=c.edited(c.stories_dir, "config.json", lambda d: deep())),
+                                      ["config.json", "nested too deeply"]),
+    "metrics.json nested too deeply": ("eval", lambda c: c.eval(adapter=c.edited(c.runs["lora"][0], "metrics.json",
+                                                                                 lambda d: deep())),
+                                       ["metrics.json", "nested too deeply"]),
+    "test.json nested too deeply": ("eval", lambda c: c.eval()[:2] + ["--data", str(c.edited(
+        c.data_dir, "boolq/test.json", lambda d: deep()))] + c.eval()[4:], ["boolq/test.json", "nested too deeply"]),
+    "eval: predictions.jsonl.partial a line nested too deeply": ("eval", lambda c: c.partial(deep()),
+                                                                 [evaluate.PARTIAL, "nested too deeply"]),
+    "eval --table: results.json nested too deeply": ("eval", lambda c: c.results({}) and (
+        c.tmp / "results.json").write_text(deep()) and ["--table", str(c.tmp / "results.json")],
+        ["results.json", "nested too deeply"]),
+    "train --resume: args.json nested too deeply": ("train", lambda c: c.resume_in(c.edited(
+        c.runs["pera"][0], "args.json", lambda d: deep())), ["args.json", "nested too deeply"]),
+})
+
+
 def outcome(main, argv, capsys):
     """(exit status, the last line printed) of `python tool.py argv`, run here. Any exception other than
     SystemExit propagates: it is the traceback the user would see, and fails the test."""
@@ -271,11 +469,24 @@ def test_hostile_input_is_one_line_naming_the_culprit(name, stories_dir, data_di
     tool, build, culprit = CASES[name]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same cases on a machine with a GPU
     case = Case(stories_dir, data_dir, runs, tmp_path)
-    code, line = outcome(TOOLS[tool], build(case), capsys)
+    argv = build(case)
+    roots = [tmp_path, stories_dir, data_dir, *(folder for folder, _ in runs.values())]
+    before = files(*roots)
+    code, line = outcome(TOOLS[tool], argv, capsys)
     assert code in (1, 2) and "error: " in line and "\n" not in line, (code, line)
     assert all(text in line for text in culprit), line
     assert "--lr" not in line or "--lr" in culprit  # a bad file or flag is blamed, not the learning rate
     assert not case.ran.exists()  # nothing in a state.pt was run
+    # nothing a user saved is changed or lost; what is new is inside the tool's own --out
+    after = files(*roots)
+    assert [f for f in before if after.get(f) != before[f]] == []
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    assert [f for f in after if f not in before and (out is None or out not in f.parents)] == []
+
+
+def files(*roots):
+    """Every file under roots, with its bytes."""
+    return {f: f.read_bytes() for root in roots for f in Path(root).rglob("*") if f.is_file()}
 
 
 # -----------------------------------------------------------------------------

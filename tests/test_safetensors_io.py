@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import fixture
 
-from support.safetensors_io import load_checkpoint_tensors, load_safetensors, save_safetensors
+from support.safetensors_io import check_tensors, load_checkpoint_tensors, load_safetensors, save_safetensors
 
 
 def test_safetensors_round_trip(tmp_path):
@@ -60,6 +60,14 @@ def safetensors_bytes(header: dict, data: bytes) -> bytes:
     ({"w": {"dtype": "F32", "shape": [2]}}, "corrupt or unsupported header entry for tensor 'w'"),
     ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "tensor 'w' has data_offsets [0, 8] that do not fit its shape [3] F32"),
     ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, "or the file (8 data bytes; truncated?)"),
+    ({"w": {"dtype": "F32", "shape": [-1, -2], "data_offsets": [0, 8]}}, "tensor 'w' has shape [-1, -2] and data_offsets"),
+    ({"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, "expected integers >= 0"),
+    ({"w": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, "expected integers >= 0"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8]}}, "expected integers >= 0"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+     "tensors 'a' and 'b' overlap (their data_offsets share bytes)"),
+    ({"a": {"dtype": "I32", "shape": [1], "data_offsets": [4, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+     "tensors 'b' and 'a' overlap"),
 ])
 def test_bad_header_entries_name_the_file_and_the_tensor(tmp_path, header, message):
     bad = tmp_path / "bad.safetensors"
@@ -96,3 +104,43 @@ def test_a_sharded_folder_is_read_through_its_index_and_checked_against_it(tmp_p
     with pytest.raises(FileNotFoundError) as e:
         load_checkpoint_tensors(tmp_path)
     assert str(e.value) == f"{tmp_path}: no model.safetensors or model.safetensors.index.json"
+
+
+def test_a_header_nested_past_the_parser_is_one_error(tmp_path):
+    bad = tmp_path / "deep.safetensors"
+    blob = b"[" * 100_000 + b"]" * 100_000
+    bad.write_bytes(len(blob).to_bytes(8, "little") + blob)
+    with pytest.raises(ValueError, match="corrupt safetensors header \\(JSON nested too deeply\\)"):
+        load_safetensors(bad)
+    (tmp_path / "model.safetensors.index.json").write_bytes(blob)
+    with pytest.raises(ValueError, match="not a valid safetensors index \\(JSON nested too deeply\\)"):
+        load_checkpoint_tensors(tmp_path)
+
+
+@pytest.mark.parametrize("weight_map", [{"a": 1}, {"a": None}, {"a": "../x/model.safetensors"}, {"a": "sub/s1.safetensors"},
+                                        {"a": "s1.bin"}, ["s1.safetensors"]])
+def test_an_index_names_shards_in_its_own_folder(tmp_path, weight_map):
+    save_safetensors({"a": torch.ones(2)}, tmp_path / "s1.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match="not a valid safetensors index \\('weight_map' must map each tensor"):
+        load_checkpoint_tensors(tmp_path)
+
+
+def test_weights_are_float_and_finite():
+    ok = {"f32": torch.randn(3), "bf16": torch.randn(2).bfloat16(), "f64": torch.tensor([3e38], dtype=torch.float64),
+          "empty": torch.zeros(0)}
+    check_tensors(ok, "x.safetensors")
+    with pytest.raises(ValueError) as e:  # finite in float64, inf in float32, which the adapters compute in
+        check_tensors({**ok, "f64": torch.tensor([1.0, 1e300], dtype=torch.float64)}, "x.safetensors")
+    assert str(e.value) == "x.safetensors: tensor 'f64' holds 1 non-finite value(s) (the first: 1e+300)"
+    for value, shown in ((float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf")):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            bad = torch.ones(2, 3, dtype=dtype)
+            bad[1, 2] = value
+            with pytest.raises(ValueError) as e:
+                check_tensors({**ok, "w": bad}, "x.safetensors")
+            assert str(e.value) == f"x.safetensors: tensor 'w' holds 1 non-finite value(s) (the first: {shown})"
+    for dtype in (torch.int64, torch.int8, torch.uint8, torch.bool):
+        with pytest.raises(ValueError) as e:
+            check_tensors({**ok, "i": torch.zeros(2, dtype=dtype)}, "x.safetensors")
+        assert str(e.value) == f"x.safetensors: tensor 'i' has dtype {dtype}, expected floating point"
