@@ -195,6 +195,9 @@ def check_out(out: Path, overwrite: bool):
     with --overwrite (overwrite=True)."""
     if out.exists() and not out.is_dir():
         raise PrepareError(f"{out} is a file; it must be a folder, a new or an empty one")
+    above = next((folder for folder in out.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise PrepareError(f"{out}: {above} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise PrepareError(f"{out} already holds files, which prepare.py did not write; choose another folder, or pass "
                            f"--overwrite to replace the model's files in it and keep the others")
