@@ -52,9 +52,12 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {shown} is a file; --out must be a folder, one that does not exist yet")
     if out.parent.exists() and not out.parent.is_dir():
-        raise NotADirectoryError(f"--out {shown}: {out.parent.name} is a file, not a folder")
+        raise NotADirectoryError(f"--out {shown}: {shown.parent if shown.name == out.name else out.parent} is a file, "
+                                 f"not a folder")
     for name in ADAPTER_FILES:  # read whole (hashed): a device or a pipe would never end
         regular_file(adapter / name)
+    for name in ("merged_from.json", *COPIED_FILES):  # read or copied when present: never skipped for being odd
+        regular_file(model_dir / name)
     # for merged_from.json: the paths as the user gave them, which adapter it is, and what the base already holds
     given = {"adapter": str(adapter), "base_model": str(model_dir), "adapter_sha256": adapters.digest(adapter)}
     if (model_dir / "merged_from.json").is_file():
@@ -146,8 +149,9 @@ def main(argv=None):
     if not config_file.is_file():
         sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
     try:
-        base = args.model or json.loads(config_file.read_text()).get("base_model_name_or_path")
-    except (json.JSONDecodeError, AttributeError) as e:  # not JSON, or not an object
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        base = args.model or base
+    except (ValueError, AttributeError) as e:  # not UTF-8, not JSON, or not an object
         sys.exit(f"error: {config_file}: not a JSON adapter config ({e})")
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")

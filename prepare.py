@@ -387,6 +387,8 @@ def check_records(path: Path, source: str):
         return len(load_records(path))
     except ValueError as e:
         raise PrepareError(str(e).replace(str(path), source, 1)) from None
+    except RecursionError:
+        raise PrepareError(f"{source}: nested too deeply to be a JSON list of records") from None
 
 
 def download_data(data_dir: Path, base_url: str) -> list:
@@ -446,6 +448,9 @@ def prepare_data(data_dir: Path, base_url: str, data_from: Path | None) -> bool:
 
     False when a download failed; a file that the --data-from folder lacks is only reported (a copy
     without hellaswag, for instance)."""
+    above = next((folder for folder in (Path(data_dir), *Path(data_dir).parents) if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise PrepareError(f"--data-dir {data_dir}: {above} is a file, not a folder")
     if data_from is not None:
         with timed("data copy"):
             copied, missing = copy_data(data_from, data_dir)
@@ -476,6 +481,8 @@ def prepare_train_mix(data_dir: Path, base_url: str, data_from: Path | None) -> 
     when it has one). train.py trains on it when it is there, else on the per-task train sets."""
     dest = Path(data_dir) / TRAIN_MIX
     if data_from is not None:
+        if (Path(data_from) / TRAIN_MIX).exists() and not (Path(data_from) / TRAIN_MIX).is_file():
+            raise PrepareError(f"--data-from {Path(data_from) / TRAIN_MIX}: a folder or a device, not a data file")
         if not (Path(data_from) / TRAIN_MIX).is_file():
             print(f"data: {data_from} has no {TRAIN_MIX}; train.py will use the per-task train sets")
             return True
@@ -497,6 +504,14 @@ def prepare_train_mix(data_dir: Path, base_url: str, data_from: Path | None) -> 
 
 # -----------------------------------------------------------------------------
 
+def data_url(text: str) -> str:
+    """--data-url: where LLM-Adapters' dataset/ folder is, over http(s) or a local file:// one."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.scheme == "file" and parts.path):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL of a dataset folder")
+    return text
+
+
 def repo_id(text: str) -> str:
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a hub repo id like HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -513,7 +528,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="output folder for --gguf (a new or an empty one, see --overwrite)")
     parser.add_argument("--data-dir", type=Path, default=Path("data/commonsense"), help="default: %(default)s")
     parser.add_argument("--data-from", type=Path, help="copy the data from this local folder instead of downloading")
-    parser.add_argument("--data-url", default=os.environ.get("PERA_DATA_URL", DATA_URL),
+    parser.add_argument("--data-url", type=data_url, default=os.environ.get("PERA_DATA_URL", DATA_URL),
                         help="base URL of the data files (default: $PERA_DATA_URL or %(default)s)")
     parser.add_argument("--skip-model", action="store_true", help="only prepare the data")
     parser.add_argument("--skip-data", action="store_true", help="only prepare the model")

@@ -22,6 +22,7 @@ import train
 from support import cli
 from test_robustness import data_dir, stories_dir  # noqa: F401  (fixtures: stories260K, small copies of the data)
 
+RECORD = {"instruction": "Is it?", "input": "", "output": "the correct answer is true", "answer": "true"}
 TOOLS = {"prepare": prepare.main, "generate": generate.main, "merge": merge.main}
 
 
@@ -73,6 +74,13 @@ class Case:
     def merge(self, out="merged", adapter=None):
         return ["--adapter", str(adapter or self.adapter), "--model", str(self.stories_dir), "--out", str(out)]
 
+    def base_with(self, name, make):
+        """A copy of stories260K with its file `name` made by make(path) (replacing the one there)."""
+        base = shutil.copytree(self.stories_dir, self.tmp / "base")
+        (base / name).unlink(missing_ok=True)
+        make(base / name)
+        return base
+
     def adapter_with(self, name, make):
         """The adapter with its file `name` replaced by make(path)."""
         (self.adapter / name).unlink()
@@ -100,6 +108,17 @@ CASES = {
         "prepare", lambda c: c.data_from(c.folder("src/boolq/test.json").parents[1]),
         ["boolq/test.json", "a folder or a device"]),
     "prepare --data-from a file": ("prepare", lambda c: c.data_from(c.file("src")), ["--data-from", "src: no such folder"]),
+    "prepare --data-url without a scheme": ("prepare", lambda c: ["--skip-model", "--data-url", "mirror/dataset"],
+                                            ["--data-url", "'mirror/dataset'", "http://"]),
+    "prepare --data-dir a file": ("prepare", lambda c: c.data_from(fixture("commonsense"))[:3] + ["--data-dir", str(
+        c.file("data-file")), "--no-170k"], ["--data-dir", "data-file is a file, not a folder"]),
+    "prepare --data-from: commonsense_170k.json a folder": (
+        "prepare", lambda c: c.file("src/boolq/test.json", json.dumps([RECORD])) and c.data_from(
+            c.folder("src/commonsense_170k.json").parent)[:-1],
+        ["commonsense_170k.json", "a folder or a device"]),
+    "prepare --data-from: a data file nested 100,000 deep": (
+        "prepare", lambda c: c.data_from(c.file("src/boolq/test.json", "[" * 100_000 + "]" * 100_000).parents[1]),
+        ["boolq/test.json", "nested too deeply"]),
     # generate.py
     "generate --raw '' (no BOS token)": ("generate", lambda c: c.generate(text="", model=c.no_bos_model()),
                                          ["the prompt is empty", "BOS"]),
@@ -120,13 +139,20 @@ CASES = {
         "adapter_config.json", Path.mkdir)), ["adapter_config.json is a folder"]),
     "merge: adapter_config.json -> /dev/zero": ("merge", lambda c: c.merge(adapter=c.adapter_with(
         "adapter_config.json", lambda p: p.symlink_to("/dev/zero"))), ["adapter_config.json", "not a regular file"]),
+    "merge: adapter_config.json not UTF-8 (with --model)": ("merge", lambda c: c.merge(adapter=c.adapter_with(
+        "adapter_config.json", lambda p: p.write_bytes(b'{"r": "\xe9"}'))), ["adapter_config.json", "not a JSON adapter config"]),
+    "merge: the base's merged_from.json -> /dev/zero": ("merge", lambda c: c.merge() + ["--model", str(c.base_with(
+        "merged_from.json", lambda p: p.symlink_to("/dev/zero")))], ["merged_from.json", "not a regular file"]),
+    "merge: the base's tokenizer.json a folder": ("merge", lambda c: c.merge() + ["--model", str(c.base_with(
+        "tokenizer.json", Path.mkdir))], ["tokenizer.json is a folder"]),
 }
 
 
 def tree(folder):
-    """Every path under folder, with a file's bytes (a link's target): what a refused command leaves as it was."""
+    """Every path under folder, with a file's bytes (a link's target): what a refused command leaves as it was.
+    data/ is prepare.py's own --data-dir, which a data step may fill before a later one fails."""
     return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
-            for p in sorted(Path(folder).rglob("*"))}
+            for p in sorted(Path(folder).rglob("*")) if p.relative_to(folder).parts[0] != "data"}
 
 
 def outcome(main, argv, capsys):
