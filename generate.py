@@ -98,6 +98,8 @@ def main(argv=None, out=None):
     """Print the response as it is generated (to `out`, default stdout); return its token ids and text."""
     out = out or sys.stdout
     args = parse_args(argv)
+    if out is None:  # `generate.py ... >&-`: Python has no sys.stdout
+        sys.exit("error: stdout is closed: there is nowhere to print the response")
     if out is sys.stdout and hasattr(out, "reconfigure"):
         out.reconfigure(encoding="utf-8")  # the prompt is read as UTF-8 whatever the locale, and so is the response written
     with cli.user_input():

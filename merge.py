@@ -162,9 +162,14 @@ def main(argv=None):
     with cli.user_input(), cli.disk_errors(Path(args.out).parent, lambda: f"nothing was written to {args.out}"):
         info = merge_folder(adapter, base, args.out, DTYPES.get(args.dtype))
     spec = info["settings"]
-    print(f"merged {spec['method']} r={spec['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
-          f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
-          + "".join(f", {name}" for name in info["copied_files"]) + f") in {time.time() - start:.1f} s")
+    try:
+        print(f"merged {spec['method']} r={spec['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
+              f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
+              + "".join(f", {name}" for name in info["copied_files"]) + f") in {time.time() - start:.1f} s", flush=True)
+    except OSError as e:  # `> /dev/full`, `| head -c1`: the folder is written, only this line is lost
+        if sys.stdout is not None:  # the interpreter flushes stdout once more at exit: let that write go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(f"error: stdout: {e.strerror or e}; the merged model {args.out} was written all the same")
     return info
 
 

@@ -202,6 +202,21 @@ def test_an_output_that_takes_no_more_is_one_line(where, reason):
     assert result.stderr == f"error: stdout: {reason}; the response was cut there\n"
 
 
+def test_a_closed_stdout_is_one_line():
+    result = run_generate("--max-new-tokens", "4", "Once upon a time", shell_tail=" >&-")
+    assert result.returncode == 1 and result.stderr == "error: stdout is closed: there is nowhere to print the response\n"
+
+
+def test_merge_into_a_full_stdout_says_the_folder_was_written(adapter, stories_dir, tmp_path):
+    command = [sys.executable, str(ROOT / "merge.py"), "--adapter", str(adapter), "--model", str(stories_dir),
+               "--out", str(tmp_path / "merged")]
+    result = subprocess.run(["bash", "-c", " ".join(map(repr, command)) + " > /dev/full"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr == (f"error: stdout: No space left on device; the merged model "
+                                                        f"{tmp_path / 'merged'} was written all the same\n")
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
 def test_a_utf8_prompt_is_read_as_utf8_in_the_c_locale():
     """LC_ALL=C (and no UTF-8 mode) decodes the command line as ASCII; the prompt is its bytes read as UTF-8, and the
     response is written as UTF-8: the same bytes as under C.UTF-8."""
