@@ -125,6 +125,8 @@ def download(url: str, dest: Path, check=None, timeout: float = 30.0) -> Path:
         reason = getattr(e, "reason", e)
         if isinstance(reason, FileNotFoundError):  # a file:// mirror that lacks the file: its 404
             raise NotFound(f"{url}: not found ({reason.strerror})") from None
+        if isinstance(reason, IsADirectoryError):
+            raise PrepareError(f"{url}: a folder, not a file") from None
         raise Unreachable(f"{url}: cannot be reached ({reason})") from None
 
     with response:
