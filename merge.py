@@ -149,12 +149,16 @@ def main(argv=None):
     if not config_file.is_file():
         sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
     try:
-        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        base = args.model or base
-    except (ValueError, AttributeError) as e:  # not UTF-8, not JSON, or not an object
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as e:  # not UTF-8, or not JSON
         sys.exit(f"error: {config_file}: not a JSON adapter config ({e})")
+    if not isinstance(config, dict):
+        sys.exit(f"error: {config_file}: not a JSON adapter config (expected a JSON object, got a {type(config).__name__})")
+    base = args.model or config.get("base_model_name_or_path")
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")
+    if not isinstance(base, str):
+        sys.exit(f"error: {config_file}: 'base_model_name_or_path' is {json.dumps(base)}, not a folder name; pass --model DIR")
     if not args.model and not Path(base).is_dir():  # a relative path is read from the current directory
         sys.exit(f"error: {base} (the base model {config_file} names): no such folder; pass --model DIR")
     start = time.time()

@@ -141,6 +141,11 @@ CASES = {
         "adapter_config.json", lambda p: p.symlink_to("/dev/zero"))), ["adapter_config.json", "not a regular file"]),
     "merge: adapter_config.json not UTF-8 (with --model)": ("merge", lambda c: c.merge(adapter=c.adapter_with(
         "adapter_config.json", lambda p: p.write_bytes(b'{"r": "\xe9"}'))), ["adapter_config.json", "not a JSON adapter config"]),
+    "merge: adapter_config.json a JSON list": ("merge", lambda c: c.merge(adapter=c.adapter_with(
+        "adapter_config.json", lambda p: p.write_text("[]"))), ["adapter_config.json", "JSON object", "got a list"]),
+    "merge: base_model_name_or_path a number": ("merge", lambda c: ["--adapter", str(c.adapter_with(
+        "adapter_config.json", lambda p: p.write_text('{"base_model_name_or_path": 5}'))), "--out", "merged"],
+        ["adapter_config.json", "'base_model_name_or_path' is 5", "--model DIR"]),
     "merge: the base's merged_from.json -> /dev/zero": ("merge", lambda c: c.merge() + ["--model", str(c.base_with(
         "merged_from.json", lambda p: p.symlink_to("/dev/zero")))], ["merged_from.json", "not a regular file"]),
     "merge: the base's tokenizer.json a folder": ("merge", lambda c: c.merge() + ["--model", str(c.base_with(
