@@ -9,6 +9,8 @@ greedy, the papers' choice, unless --temperature is above 0 (then sampled, from 
 tokens if given, reproducibly with --seed). Generation stops at the end token or after --max-new-tokens.
 """
 import argparse
+import os
+import re
 import sys
 
 import torch
@@ -19,13 +21,14 @@ from support import cli, commonsense, provenance
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
-    p.add_argument("text", type=cli.utf8, help="the instruction (or, with --raw, the prompt itself)")
+    p.add_argument("text", type=utf8_argument, help="the instruction (or, with --raw, the prompt itself)")
     p.add_argument("--adapter", default=None, help="adapter folder from train.py (default: the base model alone)")
     p.add_argument("--model", default=None, help="Hugging Face model folder (default: the adapter's base model, "
                                                  "else checkpoints/SmolLM2-135M-Instruct)")
     p.add_argument("--raw", action="store_true", help="send the text as it is, without the training prompt")
     p.add_argument("--max-new-tokens", type=cli.POSITIVE_INT, default=128, help="the longest response")
-    p.add_argument("--temperature", type=cli.NON_NEGATIVE, default=0.0, help="0: greedy; above 0: sample")
+    p.add_argument("--temperature", type=temperature, default=0.0,
+                   help=f"0: greedy; from {MIN_TEMPERATURE} up: sample")
     p.add_argument("--top-k", type=cli.POSITIVE_INT, default=None, help="sample from the k most likely tokens only")
     p.add_argument("--seed", type=cli.SEED, default=None, help="seed for sampling (default: a different draw each time)")
     p.add_argument("--device", type=cli.device, default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -35,13 +38,41 @@ def parse_args(argv=None):
     return args
 
 
+# Below this, sampling is greedy decoding in all but name, and logits / temperature can overflow float32.
+MIN_TEMPERATURE = 1e-6
+
+
+def temperature(text):
+    value = cli.NON_NEGATIVE(text)
+    if 0 < value < MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"expected 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {text!r} "
+                                         f"(below it, sampling is greedy decoding and logits / temperature can overflow)")
+    return value
+
+
+def utf8_argument(text):
+    """The prompt's bytes read as UTF-8, whatever the locale says (LC_ALL=C decodes argv as ASCII): os.fsencode gives
+    back the bytes Python decoded; bytes that are not UTF-8 stay lone surrogates, which cli.utf8 refuses."""
+    try:
+        text = os.fsencode(text).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a str that never was bytes (main called from Python): it is text already
+        pass
+    return cli.utf8(text)
+
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
 class TextStream:
     """The decoded text of a growing list of token ids, handed out piece by piece as it becomes final.
 
     Decoding the ids so far and printing what is new would print U+FFFD halfway through a character: with
     byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM2) or SentencePiece byte fallback, one character of two to
     four UTF-8 bytes can span several tokens, and until its last byte arrives the decoded text ends in
-    U+FFFD. That tail is held back until it decodes, or until `end()`.
+    U+FFFD. That tail is held back until it decodes, or until `end()`. Byte fallback decodes a run of byte
+    tokens <0xNN> as a whole (UTF-8 text, or one U+FFFD per byte when invalid), so one more byte can turn a
+    character already decoded into U+FFFDs: the text is held back while the ids end in a byte token. What is
+    handed out, `end()` included, is always tokenizer.decode(ids) (test_merge_generate.py checks it).
     """
 
     def __init__(self, tokenizer):
@@ -49,15 +80,16 @@ class TextStream:
 
     def push(self, token_id) -> str:
         self.ids.append(token_id)
-        final = self.tokenizer.decode(self.ids).rstrip("\ufffd")
-        piece = final[len(self.shown):] if final.startswith(self.shown) else ""
-        self.shown += piece
-        return piece
+        if BYTE_TOKEN.fullmatch(self.tokenizer.id_to_token(token_id) or ""):
+            return ""  # a run of bytes still open
+        return self.show(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
 
     def end(self) -> str:
-        """What is left: the held-back tail, if the response ends inside a character."""
-        text = self.tokenizer.decode(self.ids)
-        piece = text[len(self.shown):] if text.startswith(self.shown) else ""
+        """What is left: the held-back tail, if the response ends inside a character or a run of bytes."""
+        return self.show(self.tokenizer.decode(self.ids))
+
+    def show(self, final) -> str:
+        piece = final[len(self.shown):] if final.startswith(self.shown) else ""
         self.shown += piece
         return piece
 
@@ -66,6 +98,10 @@ def main(argv=None, out=None):
     """Print the response as it is generated (to `out`, default stdout); return its token ids and text."""
     out = out or sys.stdout
     args = parse_args(argv)
+    if out is None:  # `generate.py ... >&-`: Python has no sys.stdout
+        sys.exit("error: stdout is closed: there is nowhere to print the response")
+    if out is sys.stdout and hasattr(out, "reconfigure"):
+        out.reconfigure(encoding="utf-8")  # the prompt is read as UTF-8 whatever the locale, and so is the response written
     with cli.user_input():
         model, tokenizer, _ = load(args)
         provenance.check_not_applied(args.adapter, args.model)  # an adapter the model has merged in already
@@ -76,6 +112,8 @@ def main(argv=None, out=None):
     prompt = args.text if args.raw else commonsense.prompt({"instruction": args.text})
     device = model.model.embed_tokens.weight.device
     prompt_ids, cut = keep_last(tokenizer.encode(prompt, bos=tokenizer.add_bos), room, tokenizer.add_bos)
+    if not prompt_ids:
+        sys.exit("error: the prompt is empty (--raw '' and a tokenizer that adds no BOS token): nothing to continue")
     if cut:
         print(f"the prompt is longer than the model's {model.config.max_position_embeddings} positions less "
               f"--max-new-tokens {args.max_new_tokens}: its first {cut} tokens were cut", file=sys.stderr)
@@ -93,14 +131,24 @@ def main(argv=None, out=None):
         if token in eos:
             return
         new.append(token)
-        out.write(stream.push(token))
-        out.flush()
+        write(out, stream.push(token))
 
     model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, eos_id=eos,
                    generator=generator, on_token=show)
-    out.write(stream.end() + "\n")
-    out.flush()
+    write(out, stream.end() + "\n")
     return new, stream.shown
+
+
+def write(out, text):
+    """text, shown at once; a reader that stops reading (`| head -c1`) or a full disk (`> /dev/full`) is one line."""
+    try:
+        out.write(text)
+        out.flush()
+    except OSError as e:
+        if out is sys.stdout:  # the interpreter flushes stdout once more at exit: let that write go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        name = "stdout" if out is sys.stdout else getattr(out, "name", "the output")
+        sys.exit(f"error: {name}: {e.strerror or e}; the response was cut there")
 
 
 if __name__ == "__main__":

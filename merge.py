@@ -27,6 +27,7 @@ from support.safetensors_io import load_checkpoint_tensors, save_safetensors
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # The tokenizer's files and the generation defaults a model folder may hold; each one present is copied as it is.
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
                 "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
@@ -45,7 +46,19 @@ def parse_args(argv=None):
 def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     """Write the merged model folder `out` atomically; return what was done. Bad input raises ValueError
     or FileNotFoundError naming the culprit, and then nothing is written."""
-    adapter, model_dir, out = Path(adapter), Path(model_dir), Path(out)
+    adapter, model_dir, shown = Path(adapter), Path(model_dir), Path(out)
+    out = Path(os.path.abspath(out))  # "--out ." or "x/..": the folder that the name stands for
+    if not out.name:
+        raise ValueError(f"--out {shown}: the root folder cannot be written as a model folder; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {shown} is a file; --out must be a folder, one that does not exist yet")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(f"--out {shown}: {shown.parent if shown.name == out.name else out.parent} is a file, "
+                                 f"not a folder")
+    for name in ADAPTER_FILES:  # read whole (hashed): a device or a pipe would never end
+        regular_file(adapter / name)
+    for name in ("merged_from.json", *COPIED_FILES):  # read or copied when present: never skipped for being odd
+        regular_file(model_dir / name)
     # for merged_from.json: the paths as the user gave them, which adapter it is, and what the base already holds
     given = {"adapter": str(adapter), "base_model": str(model_dir), "adapter_sha256": adapters.digest(adapter)}
     merged = provenance.merged_from(model_dir)
@@ -55,12 +68,14 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
     # The folder is written as .<out>.partial beside out: a name derived from out, so that the next merge into it
     # finds what a killed one left, and one that holds merge.py's lock file (made first) is merge.py's
     partial = out.with_name(f".{out.name}.partial")
-    if partial.is_dir() and not (partial / ".lock").exists() and any(partial.iterdir()):
-        raise FileExistsError(f"{partial} is in the way: merge.py writes there, and it was not made by merge.py")
-    with safety.folder_lock(partial, "merge.py", shown=out):
+    if partial.exists() and not partial.is_dir() or partial.is_dir() and not (partial / ".lock").exists() and any(
+            partial.iterdir()):
+        in_the_way = shown.with_name(partial.name) if shown.name == out.name else partial  # as the user spelled it
+        raise FileExistsError(f"{in_the_way} is in the way: merge.py writes there, and it was not made by merge.py")
+    with safety.folder_lock(partial, "merge.py", shown=shown):
         try:
             if out.exists():
-                raise FileExistsError(f"{out} already exists; choose another --out or remove it")
+                raise FileExistsError(f"{shown} already exists; choose another --out or remove it")
             for leftover in partial.iterdir():  # an earlier merge's, stopped by a kill
                 if leftover.name != ".lock":
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -71,6 +86,14 @@ def merge_folder(adapter, model_dir, out, dtype=None) -> dict:
             shutil.rmtree(partial, ignore_errors=True)
             raise
     return {**info, "bytes": (out / "model.safetensors").stat().st_size}
+
+
+def regular_file(path):
+    """A file the tools read: one line when it is a folder, or a device, a pipe, a socket (or a link to one)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; it should be a file")
+    if path.exists() and not path.is_file():
+        raise OSError(f"{path} is not a regular file (a device, a pipe or a socket, or a link to one)")
 
 
 def write_merged(adapter, model_dir, folder, dtype, given):
@@ -109,12 +132,16 @@ def main(argv=None):
     args = parse_args(argv)
     adapter = Path(args.adapter)
     config_file = adapter / "adapter_config.json"
+    with cli.user_input():
+        regular_file(config_file)
     if not config_file.is_file():
         sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
     with cli.user_input():  # not JSON, not an object, a base that is not a path
         base = args.model or provenance.trained_on(adapter)
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")
+    if not isinstance(base, str):
+        sys.exit(f"error: {config_file}: 'base_model_name_or_path' is {json.dumps(base)}, not a folder name; pass --model DIR")
     if not args.model and not Path(base).is_dir():  # a relative path is read from the current directory
         sys.exit(f"error: {base} (the base model {config_file} names): no such folder; pass --model DIR")
     start = time.time()
@@ -122,9 +149,14 @@ def main(argv=None):
     with cli.user_input(), cli.disk_errors(Path(args.out).parent, lambda: f"nothing was written to {args.out}"):
         info = merge_folder(adapter, base, args.out, DTYPES.get(args.dtype))
     spec = info["settings"]
-    print(f"merged {spec['method']} r={spec['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
-          f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
-          + "".join(f", {name}" for name in info["copied_files"]) + f") in {time.time() - start:.1f} s")
+    try:
+        print(f"merged {spec['method']} r={spec['rank']} ({info['merged_layers']} layers) into {base}: wrote {args.out} "
+              f"(model.safetensors {info['bytes'] / 2**20:.1f} MiB, {info['dtype']}; config.json"
+              + "".join(f", {name}" for name in info["copied_files"]) + f") in {time.time() - start:.1f} s", flush=True)
+    except OSError as e:  # `> /dev/full`, `| head -c1`: the folder is written, only this line is lost
+        if sys.stdout is not None:  # the interpreter flushes stdout once more at exit: let that write go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(f"error: stdout: {e.strerror or e}; the merged model {args.out} was written all the same")
     return info
 
 

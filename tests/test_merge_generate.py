@@ -6,6 +6,7 @@ greedy text against the ids transformers generated for stories260K (tests/fixtur
 """
 import io
 import json
+import random
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import merge
 from model import Transformer
 from support import adapters, commonsense
 from support.safetensors_io import load_safetensors
-from tokenizer import Tokenizer
+from tokenizer import BYTE_TO_CHAR, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +185,59 @@ def test_streamed_pieces_are_whole_characters_and_add_up_to_the_decode(tokenizer
     broken = generate.TextStream(tokenizer)  # a response cut inside a character still shows all it decodes to
     cut = ids[:next(i for i in range(len(ids)) if tokenizer.decode(ids[:i + 1]).endswith("\ufffd")) + 1]
     assert "".join([broken.push(i) for i in cut] + [broken.end()]) == tokenizer.decode(cut)
+
+
+STREAM_TEXT = "Café, naïve, Ελληνικά, 日本語のテキスト, emoji 🙂👍🏽, a family 👨‍👩‍👧, ∑∫√ 한국어 עברית\n\tend"
+
+
+def id_sequences(tokenizer, n, seed):
+    """n id sequences of 1 to 12 ids: uniform over the vocabulary (sampling at a high temperature), mostly single
+    bytes (<0xNN> or byte-level) among pieces of multilingual text and any id, and a random text's own encoding
+    (what greedy decoding of a model that learned the text emits)."""
+    rng = random.Random(seed)
+    vocab = max(tokenizer.id_to_str) + 1
+    byte_ids = [tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256)]
+    if None in byte_ids:  # byte-level: a byte is a character of its own (SmolLM2's vocabulary lacks a few)
+        byte_ids = [i for i in map(tokenizer.token_to_id, BYTE_TO_CHAR.values()) if i is not None]
+    assert len(byte_ids) > 200 and None not in byte_ids
+    text_ids = tokenizer.encode(STREAM_TEXT)
+    for k in range(n):
+        length = rng.randint(1, 12)
+        if k % 3 == 0:
+            yield [rng.randrange(vocab) for _ in range(length)]
+        elif k % 3 == 1:
+            yield [rng.choice(byte_ids) if r < 0.5 else rng.choice(text_ids) if r < 0.85 else rng.randrange(vocab)
+                   for r in (rng.random() for _ in range(length))]
+        else:
+            yield tokenizer.encode("".join(rng.choice(STREAM_TEXT) for _ in range(length)))
+
+
+@pytest.mark.parametrize("name", ["stories260K", "llama2-bpe", "metaspace-bpe", "gpt2", "llama3-bpe", "qwen2-bpe", "smollm2"])
+def test_the_stream_is_the_decode_for_any_ids(name):
+    """Property: for 2,100 id sequences, the streamed pieces add up to tokenizer.decode(ids) exactly, with byte
+    fallback too, where one more byte token can turn text decoded so far into U+FFFDs (<0xC3><0xA9> is "é",
+    <0xC3><0xA9><0xA9> three U+FFFD); and no piece is ever taken back, so the text shown so far is always a
+    prefix of the decode of the ids so far."""
+    tokenizer = Tokenizer.from_file(fixture("tokenizers", name, "tokenizer.json"))
+    changed = 0
+    for ids in id_sequences(tokenizer, 2100, seed=sum(map(ord, name))):
+        stream, shown, decoded = generate.TextStream(tokenizer), "", ""
+        for k, token in enumerate(ids):
+            shown += stream.push(token)
+            before, decoded = decoded, tokenizer.decode(ids[:k + 1])
+            assert decoded.startswith(shown), ids[:k + 1]
+            changed += not decoded.startswith(before.rstrip("\ufffd"))
+        assert shown + stream.end() == decoded, ids
+    assert (changed > 0) == (name in ("stories260K", "llama2-bpe", "metaspace-bpe"))  # where a later token does rewrite
+
+
+def test_what_generate_prints_is_the_decode_of_its_ids(stories_dir):
+    """Sampled at temperature 20 with byte fallback, the response is mostly byte tokens that do not form UTF-8."""
+    tokenizer = Tokenizer.from_file(stories_dir / "tokenizer.json")
+    out = io.StringIO()
+    ids, text = generate.main(["--model", str(stories_dir), "--raw", "Once upon a time", "--temperature", "20",
+                               "--seed", "2", "--max-new-tokens", "40", "--device", "cpu"], out=out)
+    assert len(ids) == 40 and out.getvalue() == tokenizer.decode(ids) + "\n" and len(text) > 40
 
 
 def test_generate_errors_are_one_line(tmp_path, stories_dir):

@@ -449,6 +449,7 @@ class Site:
         self.redirects = {}    # path -> (target path, extra headers), like the hub's redirect to storage
         self.cut = {}          # path -> send only this many body bytes, then close
         self.honour_range = True
+        self.dropped = set()   # paths whose request is answered by closing the connection, as a broken mirror does
         self.requests = []     # (path, Range header)
 
 
@@ -464,6 +465,9 @@ def site():
 
         def do_GET(self):
             state.requests.append((self.path, self.headers.get("Range")))
+            if self.path in state.dropped:
+                self.close_connection = True
+                return
             if self.path in state.redirects:
                 target, extra = state.redirects[self.path]
                 self.send_response(302)
@@ -708,6 +712,38 @@ def test_data_download_validates_and_resumes(site, tmp_path):
     assert all(json.loads((tmp_path / f).read_bytes()) == json.loads(records(3)) for f in present)
 
 
+@pytest.mark.parametrize("fault", ["404", "dropped"])
+def test_a_file_missing_from_a_mirror_does_not_stop_the_others(site, tmp_path, capsys, fault):
+    """A mirror that answers for the other files lacks one: a 404, or a request it drops; only a host that answered
+    nothing yet is taken for unreachable (and then the rest are not tried)."""
+    for file in prepare.DATA_FILES:
+        site.files[f"/dataset/{file}"] = records(3)
+    if fault == "404":
+        del site.files["/dataset/hellaswag/test.json"]
+    else:
+        site.dropped.add("/dataset/hellaswag/test.json")
+    assert not prepare.prepare_data(tmp_path, site.url + "/dataset", None)
+    out = capsys.readouterr().out
+    assert "data: 11 of 12 files ready" in out and "could not get hellaswag (test): " in out
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.json")) == sorted(
+        set(prepare.DATA_FILES) - {"hellaswag/test.json"})
+    site.dropped.add("/dataset/boolq/train.json")  # the first file, from a host that answered nothing yet: unreachable
+    failed = prepare.download_data(tmp_path / "again", site.url + "/dataset")
+    assert len(failed) == 12 and [reason for _, reason in failed[1:]] == ["not tried"] * 11
+
+
+def test_a_file_url_mirror_missing_a_file_is_a_404(tmp_path, capsys):
+    """--data-url file:///…: a file that the folder lacks is not found, as over HTTP; the others are copied."""
+    for file in prepare.DATA_FILES:
+        if file != "hellaswag/test.json":
+            (tmp_path / "mirror" / file).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "mirror" / file).write_bytes(records(2))
+    failed = prepare.download_data(tmp_path / "data", (tmp_path / "mirror").as_uri())
+    assert failed == [("hellaswag/test.json", f"{(tmp_path / 'mirror').as_uri()}/hellaswag/test.json: not found "
+                                              f"(No such file or directory)")]
+    assert len(list((tmp_path / "data").rglob("*.json"))) == 11
+
+
 @pytest.mark.parametrize("body, message", [
     (b"[{", r"not valid JSON"),
     (b'{"a": 1}', r"expected a JSON list of records, got dict"),
@@ -767,6 +803,66 @@ def test_main_exits_1_when_the_model_cannot_be_prepared(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert err.startswith("error: the model could not be prepared: ") and "missing.whl: no such wheel file" in err
     assert err.count("\n") == 1
+
+
+def tree(folder: Path) -> dict:
+    """Every file under folder with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_gguf_into_a_folder_that_holds_files_only_with_overwrite_and_only_its_files(tmp_path, converted_fixture, capsys):
+    """The user's folder, a config.json and notes and a trained adapter in it, is refused as --out; with --overwrite
+    the model's four files are written and every other file is kept byte for byte."""
+    out = tmp_path / "mine"
+    (out / "run").mkdir(parents=True)
+    (out / "config.json").write_text('{"mine": 1}')
+    (out / "notes.txt").write_text("notes")
+    (out / "run" / "adapter_model.safetensors").write_bytes(b"weights")
+    before = tree(tmp_path)
+    argv = ["--gguf", str(fixture("gguf", "tiny-q.gguf")), "--out", str(out)]
+    assert prepare.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {out} already holds files, which prepare.py did not write; choose another folder, or pass " \
+                  f"--overwrite to replace the model's files in it and keep the others\n"
+    assert tree(tmp_path) == before
+    assert prepare.main(argv + ["--overwrite"]) == 0
+    after = tree(tmp_path)
+    written = {"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"}
+    assert after.keys() == before.keys() | {f"mine/{name}" for name in written}
+    assert all(after[name] == before[name] for name in before if name != "mine/config.json")
+    assert all(after[f"mine/{name}"] == (converted_fixture / name).read_bytes() for name in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left
+
+
+def test_overwrite_refuses_where_an_index_would_shadow_the_weights(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    assert prepare.main(["--gguf", str(fixture("gguf", "tiny-q.gguf")), "--out", str(out), "--overwrite"]) == 1
+    assert "model.safetensors.index.json would be read instead of the model.safetensors written" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["model.safetensors.index.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_an_incomplete_checkpoint_folder_is_not_replaced(tmp_path, capsys):
+    """checkpoints/<name>/ with the user's files but no weights: refused before any download, and kept."""
+    folder = tmp_path / "ckpt" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("notes")
+    with pytest.raises(prepare.PrepareError, match="tiny already holds files, which prepare.py did not write"):
+        prepare.prepare_model("org/tiny", tmp_path / "ckpt", endpoint=UNREACHABLE, fetch_wheel=None)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_the_help_says_what_the_exit_status_is(tmp_path, capsys):
+    """A failed data step exits 1 (so `prepare.py && train.py` stops), and --help says so."""
+    with pytest.raises(SystemExit) as e:
+        prepare.main(["--help"])
+    assert e.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "Exit codes: 0 everything asked for is ready; 1 something is not: the model could not be prepared" in usage
+    assert "or the data step failed (a download, or a --data-from folder that holds no data file" in usage
+    assert prepare.main(["--skip-model", "--data-dir", str(tmp_path / "data"), "--data-url", UNREACHABLE]) == 1
 
 
 def test_cli_gguf_errors_are_one_line_without_traceback(tmp_path):
