@@ -137,11 +137,10 @@ def main(argv=None):
     if not config_file.is_file():
         sys.exit(f"error: {adapter}: no adapter_config.json (is this an adapter folder from train.py?)")
     with cli.user_input():  # not JSON, not an object, a base that is not a path
-        base = args.model or provenance.trained_on(adapter)
+        named = provenance.trained_on(adapter)  # read even with --model: a broken file is said here, by name
+    base = args.model or named
     if not base:
         sys.exit(f"error: {config_file} names no base model; pass --model DIR")
-    if not isinstance(base, str):
-        sys.exit(f"error: {config_file}: 'base_model_name_or_path' is {json.dumps(base)}, not a folder name; pass --model DIR")
     if not args.model and not Path(base).is_dir():  # a relative path is read from the current directory
         sys.exit(f"error: {base} (the base model {config_file} names): no such folder; pass --model DIR")
     start = time.time()

@@ -30,7 +30,7 @@ def trained_on(adapter):
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         raise ValueError(f"{config_file}: field 'base_model_name_or_path' is {json.dumps(base)}, expected the base "
-                         f"model's folder (a text) or null")
+                         f"model's folder (a text) or null; pass --model DIR")
     return base or None
 
 

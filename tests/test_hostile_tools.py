@@ -140,7 +140,7 @@ CASES = {
     "merge: adapter_config.json -> /dev/zero": ("merge", lambda c: c.merge(adapter=c.adapter_with(
         "adapter_config.json", lambda p: p.symlink_to("/dev/zero"))), ["adapter_config.json", "not a regular file"]),
     "merge: adapter_config.json not UTF-8 (with --model)": ("merge", lambda c: c.merge(adapter=c.adapter_with(
-        "adapter_config.json", lambda p: p.write_bytes(b'{"r": "\xe9"}'))), ["adapter_config.json", "not a JSON adapter config"]),
+        "adapter_config.json", lambda p: p.write_bytes(b'{"r": "\xe9"}'))), ["adapter_config.json", "not valid JSON"]),
     "merge: adapter_config.json a JSON list": ("merge", lambda c: c.merge(adapter=c.adapter_with(
         "adapter_config.json", lambda p: p.write_text("[]"))), ["adapter_config.json", "JSON object", "got a list"]),
     "merge: base_model_name_or_path a number": ("merge", lambda c: ["--adapter", str(c.adapter_with(
