@@ -1,12 +1,13 @@
 """DoRA (Liu et al. 2024): weight-decomposed low-rank adaptation. A LoRA update sets the direction of each
 output row of the weight, and a trained magnitude vector its length.
 
-This file imports only torch and math, so it can be copied alone into another project:
+This file imports only torch, math and numbers, so it can be copied alone into another project:
     names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze all that is not an adapter
     ...train...
     merge(model)                    # fold the updates in; plain nn.Linear layers again
 """
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -20,9 +21,9 @@ class DoRALinear(nn.Module):
 
     W0 (out, in) is the frozen base.weight, A is (r, in), B (out, r) and m (out,). Each output row of W' is
     a direction, that row of W0 + s·BA over its norm n, times a trained magnitude m. Init: A Kaiming-
-    uniform, B = 0 and m = ‖W0‖_row, so a fresh adapter is the base layer exactly (m / n = 1). As the
-    paper suggests (§4.3) and PEFT does, n is detached from the gradient: A and B learn through the LoRA
-    path only.
+    uniform, B = 0 and m = ‖W0‖_row, so a fresh adapter is the base layer exactly (m / n = 1; a row of
+    zeros, n = 0, has no direction: 1 stands for its n). As the paper suggests (§4.3) and PEFT does, n is
+    detached from the gradient: A and B learn through the LoRA path only.
 
     The forward stays on the activation side and never forms the (out, in) W': with d = m / n − 1 (out,),
         y = base(x) + s·B A x + d ⊙ (W0 x + s·B A x),
@@ -34,16 +35,27 @@ class DoRALinear(nn.Module):
     Derivations and measurements: docs/methods.md#dora
     """
 
-    def __init__(self, base, rank, alpha=None, dropout=0.0):
+    # What the tools know of DoRA (support/adapters.py reads it; the layer itself needs none of it): the range of
+    # each setting, train.py's defaults, and the file: PEFT's LoRA with use_dora and the magnitude vector.
+    settings = {"rank": "int >= 1", "alpha": "nonzero", "dropout": "[0, 1)"}
+    defaults = {"lr": 1e-4, "dropout": 0.05}  # the DoRA authors' commonsense runs (LLaMA-7B r32, LLaMA3-8B)
+    peft_type, peft_fields = "LORA", {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # PEFT's own
+    peft_constants = {"bias": "none", "init_lora_weights": True, "use_dora": True, "use_rslora": False,
+                      "rank_pattern": {}, "alpha_pattern": {}}
+    tensor_keys = {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"}
+
+    def __init__(self, base, rank, *, alpha=None, dropout=0.0):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"DoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if alpha is not None and not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha != 0):
+            raise ValueError(f"alpha must be a finite number other than 0, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base.requires_grad_(False)
-        self.rank = rank  # r in the papers
+        self.rank = rank = int(rank)  # r in the papers
         self.alpha = rank if alpha is None else alpha
         self.scaling = self.alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -58,8 +70,8 @@ class DoRALinear(nn.Module):
 
     def forward(self, x):
         A, B, bias = self.A.to(x.dtype), self.B.to(x.dtype), self.base.bias
-        n = self.weight_norm()  # (out,), a constant for autograd
-        d = (self.m - n) / n  # m / n − 1, small: 1 + d in bf16 would round a young magnitude update away
+        n = self.weight_norm()  # (out,), a constant for autograd; 1 where 0: a zero row has no direction to scale
+        d = (self.m - n) / n.where(n > 0, 1)  # m / n − 1, small: 1 + d in bf16 would round a young update away
         if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule: both corrections see dropout(x)
             x_ = self.dropout(x)
             lora = F.linear(self.scaling * F.linear(x_, A), B)  # s·B A x'
@@ -102,92 +114,57 @@ class DoRALinear(nn.Module):
         with torch.autocast(self.A.device.type, enabled=False):
             W0 = self.base.weight.to(dtype)
             direction = W0 + self.scaling * (self.B.to(dtype) @ self.A.to(dtype))
-            return (self.m.to(dtype) / self.weight_norm()).unsqueeze(1) * direction - W0
+            n = self.weight_norm()
+            return (self.m.to(dtype) / n.where(n > 0, 1)).unsqueeze(1) * direction - W0  # a zero row: 1 for n
 
     @torch.no_grad()
     def merged(self):
-        """A new frozen nn.Linear with weight W0 + ΔW (summed in float32, then rounded once to W0's dtype).
-
-        The adapter itself is left as it was; there is no unmerge, keep the adapter if you need it again.
-        """
-        base = self.base
-        linear = torch.nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None,
-                                          device=base.weight.device, dtype=base.weight.dtype)
-        linear.weight.copy_(base.weight + self.delta_weight())
-        if base.bias is not None:
-            linear.bias.copy_(base.bias)
+        """A new frozen nn.Linear holding W0 + ΔW, summed in float32 and rounded once to W0's dtype; no unmerge."""
+        w, b = self.base.weight, self.base.bias
+        linear = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], b is not None, device=w.device, dtype=w.dtype)
+        linear.load_state_dict({"weight": w + self.delta_weight()} | ({} if b is None else {"bias": b}))
         return linear.requires_grad_(False).train(self.training)
 
     @property
     def weight(self):
-        """W0 + ΔW in W0's dtype, for code that reads layer.weight instead of calling the layer.
-
-        nn.MultiheadAttention passes out_proj.weight to its functional form, nn.TransformerEncoderLayer's
-        eval fast path and a tied output head read .weight too. They then compute what this layer computes
-        (without its dropout), and gradients still reach the adapter. Exposing the frozen W0 instead, as
-        PEFT's wrappers do, would make them skip the adapter silently. W0 itself is base.weight.
-        """
+        """W0 + ΔW in W0's dtype, for code that reads .weight (nn.MultiheadAttention, a tied head); W0 is base.weight."""
         return (self.base.weight + self.delta_weight()).to(self.base.weight.dtype)
 
-    @property
-    def bias(self):
-        return self.base.bias
+    bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
     def extra_repr(self):
         return f"rank={self.rank}, alpha={self.alpha}"
 
 
-def inject(model, rank, targets=TARGETS, **kw):
-    """Wrap every nn.Linear named `target` or `*.target` in DoRALinear; return the wrapped names.
-
-    Every parameter that is not an adapter's own is frozen, so a second call (other targets, another rank)
-    leaves the adapters of the first trainable. The model's train/eval mode is kept. A target that names
-    no layer, or a layer that is not a plain nn.Linear (an adapter already, a GPT-2 Conv1D), is an error
-    that names the layer, and then nothing is changed.
-    """
+def inject(model, rank, *, targets=TARGETS, adapter=DoRALinear, **kw):
+    """Wrap each nn.Linear named `target` or `*.target` in `adapter`, freeze all else; return the wrapped names.
+    A target naming no layer, an adapter or a part of one, or not an nn.Linear is an error; nothing then changes."""
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"targets must name one or more layers (e.g. {TARGETS}), got {targets!r}")
-    matches = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
-    names, wrapped = [], [n for n, m in model.named_modules() if is_adapter(m)]
-    for name, module in model.named_modules():
-        if not matches(name):
-            continue
-        if is_adapter(module):
-            raise ValueError(f"{name} is already adapted (a {type(module).__name__}); adapters do not nest: "
-                             f"merge it first, or leave it out of targets")
-        inside = next((w for w in wrapped if name.startswith(w + ".")), None)
-        if inside is not None:
-            raise ValueError(f"{name} is part of the adapter at {inside} (a {type(model.get_submodule(inside)).__name__}); "
-                             f"adapters do not nest")
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: DoRALinear adapts y = x W0^T + b "
-                             f"with W0 of shape (out, in), which only nn.Linear guarantees (GPT-2's Conv1D stores "
-                             f"its weight as (in, out))")
-        names.append(name)
-    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
-    if missing:
+    names = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    if missing := [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]:
         raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
-    adapters = [DoRALinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
-    for name, adapter in zip(names, adapters):
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, adapter)
-    for module in model.modules():
-        if not is_adapter(module):  # an adapter's own A, B, ... stay trainable; its frozen base is a module of its own
-            for p in module.parameters(recurse=False):
-                p.requires_grad_(False)
-    return names
+    for name in names:
+        if at := next((n for n, m in model.named_modules() if is_adapter(m) and f"{name}.".startswith(f"{n}.")), None):
+            raise ValueError(f"{name} is {'already adapted' if at == name else f'part of the adapter at {at}'} "
+                             f"(a {type(model.get_submodule(at)).__name__}); adapters do not nest")
+        if not isinstance(module := model.get_submodule(name), nn.Linear):  # GPT-2's Conv1D stores W0 as (in, out)
+            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: {adapter.__name__} adapts "
+                             f"y = x W0^T + b with W0 of shape (out, in), which only nn.Linear guarantees")
+    adapters = {name: adapter(model.get_submodule(name), rank, **kw) for name in names}  # bad arguments: no change
+    for p in (p for m in model.modules() if not is_adapter(m) for p in m.parameters(recurse=False)):
+        p.requires_grad_(False)  # all but the adapters' own A, B, ...; each base is frozen by its adapter
+    return [model.set_submodule(name, layer) or name for name, layer in adapters.items()]
 
 
 def is_adapter(module):
-    """Whether module is an adapter of lora.py, hira.py, pera.py, dora.py, loran.py (or any class of their shape of API)."""
+    """Whether module is an adapter of lora.py, hira.py, pera.py, dora.py, loran.py (or of their shape of API)."""
     return isinstance(getattr(module, "base", None), nn.Linear) and callable(getattr(module, "delta_weight", None))
 
 
 def merge(model):
     """Replace every DoRALinear in `model` by its merged nn.Linear, in place; return the model."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, DoRALinear):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.merged())
+    for name in [n for n, m in model.named_modules() if isinstance(m, DoRALinear)]:
+        model.set_submodule(name, model.get_submodule(name).merged())
     return model

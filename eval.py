@@ -220,8 +220,7 @@ def table(rows) -> str:
 def run_name(settings):
     if settings is None:
         return "zero-shot"
-    names = {'lora': 'LoRA', 'hira': 'HiRA', 'pera': 'PERA', 'dora': 'DoRA', 'loran': 'LoRAN', 'hilora': 'HiLoRA'}
-    name = f"{names[settings['method']]} r={settings['rank']}"
+    name = f"{adapters.label(settings['method'])} r={settings['rank']}"
     if settings["method"] == "hilora":  # r = r1 + r2, the paper's (r1 = 20, r2 = 12) as r=20+12
         name += f"+{settings['lora_rank']}"
     if settings["method"] == "pera" and settings["terms"] != "all":

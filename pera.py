@@ -1,11 +1,12 @@
 """PERA: polynomial expansion rank adaptation. LoRA plus Hadamard products of its own factors.
 
-This file imports only torch and math, so it can be copied alone into another project:
+This file imports only torch, math and numbers, so it can be copied alone into another project:
     names = inject(model, rank=8)   # wrap q, k, v, up, down; freeze all that is not an adapter
     ...train...
     merge(model)                    # fold the updates in; plain nn.Linear layers again
 """
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,18 @@ def pairs(r, terms="all"):
     return torch.triu_indices(r, r, offset=int(terms == "cross"), device="cpu")  # (2, P): i ≤ j, or i < j for "cross"
 
 
+def n_terms(r, terms="all", degree=2):
+    """P, the length of h: the multisets of 2 to `degree` of the r indices, all of them, the pure powers ("square")
+    or those with two or more distinct indices ("cross"); r(r+1)/2, r, r(r-1)/2 at degree 2."""
+    every, powers = sum(math.comb(r + k - 1, k) for k in range(2, degree + 1)), (degree - 1) * r
+    return {"all": every, "square": powers, "cross": every - powers}[terms]
+
+
+def frobenius_sq(X, Y):
+    """‖X Y‖_F² = Σ (XᵀX) ⊙ (Y Yᵀ), from two (k, k) Gram matrices, never forming the product X Y."""
+    return ((X.T @ X) * (Y @ Y.T)).sum()
+
+
 class PERALinear(nn.Module):
     """ΔW = s · ( B A + Σ_{i ≤ j} h_ij (b_i ⊙ b_j)(a_i ⊙ a_j)^T ) = s · B̂ Â,  s = alpha / r  (PERA paper Eq. 9).
 
@@ -52,29 +65,44 @@ class PERALinear(nn.Module):
     Derivations and measurements: docs/methods.md#pera
     """
 
-    def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2, init="code"):
+    # What the tools know of PERA (support/adapters.py reads it; the layer itself needs none of it): the range of
+    # each setting, train.py's defaults, and the file, in PEFT's style (PEFT has no PERA).
+    settings = {"rank": "int >= 1", "alpha": "nonzero", "dropout": "[0, 1)", "terms": TERMS, "degree": "int >= 2",
+                "init": INITS, "h_lr_ratio": "> 0"}
+    defaults = {"lr": 1e-4, "dropout": 0.05}  # the PERA paper's
+    peft_type, peft_constants = "PERA", {}
+    peft_fields = {"r": "rank", "pera_alpha": "alpha", "pera_dropout": "dropout", "terms": "terms", "degree": "degree",
+                   "init": "init", "h_lr_ratio": "h_lr_ratio"}
+    tensor_keys = {"A": "pera_A", "B": "pera_B", "h": "pera_h"}
+
+    def __init__(self, base, rank, *, alpha=None, dropout=0.0, terms="all", degree=2, init="code", h_lr_ratio=1.0):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"PERALinear wraps an nn.Linear, got {type(base).__name__}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if alpha is not None and not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha != 0):
+            raise ValueError(f"alpha must be a finite number other than 0, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if terms not in TERMS:
             raise ValueError(f"terms must be one of {TERMS}, got {terms!r}")
-        if not isinstance(degree, int) or degree < 2:
+        if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 2:
             raise ValueError(f"degree must be an integer >= 2 (degree 1 is LoRA: use lora.py), got {degree!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if terms == "cross" and rank == 1:
             raise ValueError("terms='cross' with rank 1 keeps no terms: cross terms need two distinct indices")
+        if not (isinstance(h_lr_ratio, numbers.Real) and math.isfinite(h_lr_ratio) and h_lr_ratio > 0):
+            raise ValueError(f"h_lr_ratio must be a finite number > 0, got {h_lr_ratio!r}")
         self.base = base.requires_grad_(False)
-        self.rank = rank  # r in the papers
+        self.rank = rank = int(rank)  # r in the papers
         self.alpha = rank if alpha is None else alpha
         self.scaling = self.alpha / rank
         self.terms = terms
-        self.degree = degree
+        self.degree = degree = int(degree)
         self.init = init
+        self.lr_ratios = {"h": float(h_lr_ratio)}  # h's learning rate is h_lr_ratio × A's and B's (the PERA study)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
         w = base.weight
@@ -82,7 +110,7 @@ class PERALinear(nn.Module):
         self.A = nn.Parameter(torch.zeros(rank, base.in_features, device=w.device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
         self._idx = None  # the terms' indices, built by `idx` on A's device
-        self.h = nn.Parameter(torch.zeros(self.idx.shape[1], device=w.device, dtype=dtype))  # (P,), in idx's order
+        self.h = nn.Parameter(torch.zeros(n_terms(rank, terms, degree), device=w.device, dtype=dtype))  # (P,), idx's order
         if init == "code":  # the authors' code, LoRA's init: ΔW = 0 because B = 0
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         else:  # the paper's text: ΔW = 0 because A = 0
@@ -132,32 +160,18 @@ class PERALinear(nn.Module):
 
     @torch.no_grad()
     def merged(self):
-        """A new frozen nn.Linear with weight W0 + ΔW (summed in float32, then rounded once to W0's dtype).
-
-        The adapter itself is left as it was; there is no unmerge, keep the adapter if you need it again.
-        """
-        base = self.base
-        linear = torch.nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None,
-                                          device=base.weight.device, dtype=base.weight.dtype)
-        linear.weight.copy_(base.weight + self.delta_weight())
-        if base.bias is not None:
-            linear.bias.copy_(base.bias)
+        """A new frozen nn.Linear holding W0 + ΔW, summed in float32 and rounded once to W0's dtype; no unmerge."""
+        w, b = self.base.weight, self.base.bias
+        linear = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], b is not None, device=w.device, dtype=w.dtype)
+        linear.load_state_dict({"weight": w + self.delta_weight()} | ({} if b is None else {"bias": b}))
         return linear.requires_grad_(False).train(self.training)
 
     @property
     def weight(self):
-        """W0 + ΔW in W0's dtype, for code that reads layer.weight instead of calling the layer.
-
-        nn.MultiheadAttention passes out_proj.weight to its functional form, nn.TransformerEncoderLayer's
-        eval fast path and a tied output head read .weight too. They then compute what this layer computes
-        (without its dropout), and gradients still reach the adapter. Exposing the frozen W0 instead, as
-        PEFT's wrappers do, would make them skip the adapter silently. W0 itself is base.weight.
-        """
+        """W0 + ΔW in W0's dtype, for code that reads .weight (nn.MultiheadAttention, a tied head); W0 is base.weight."""
         return (self.base.weight + self.delta_weight()).to(self.base.weight.dtype)
 
-    @property
-    def bias(self):
-        return self.base.bias
+    bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
     def extra_repr(self):
         return (f"rank={self.rank}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, "
@@ -168,15 +182,14 @@ class PERALinear(nn.Module):
 def polynomial_share(layer):
     """‖ΔW − s·BA‖_F / ‖s·BA‖_F: how large the polynomial terms are next to LoRA's part (0 while B A = 0).
 
-    ΔW − s·BA = s · B̂[:, r:] Â[r:], so both norms come from (P, P) and (r, r) Gram matrices,
-    ‖X Y‖_F² = Σ (XᵀX) ⊙ (Y Yᵀ), in float64, never forming an (out, in) matrix: cheap enough to log every
+    ΔW − s·BA = s · B̂[:, r:] Â[r:], so both norms come from (P, P) and (r, r) Gram matrices
+    (frobenius_sq), in float64, never forming an (out, in) matrix: cheap enough to log every
     step. The factors are built in the layer's own dtype (pass a float64 copy for a float64 figure).
     """
     B_hat, A_hat = (t.detach().double() for t in layer.expanded_factors())
     r = layer.rank
-    sq_norm = lambda X, Y: ((X.T @ X) * (Y @ Y.T)).sum()  # noqa: E731  ‖X Y‖_F²
-    lora_part = sq_norm(B_hat[:, :r], A_hat[:r])
-    return float((sq_norm(B_hat[:, r:], A_hat[r:]) / lora_part).sqrt()) if lora_part > 0 else 0.0
+    lora_part = frobenius_sq(B_hat[:, :r], A_hat[:r])
+    return float((frobenius_sq(B_hat[:, r:], A_hat[r:]) / lora_part).sqrt()) if lora_part > 0 else 0.0
 
 
 
@@ -200,66 +213,43 @@ def polynomial_share_bound(layer):
 def share_bound_factors(layer):
     """(max|h|, M, ρ) of polynomial_share_bound; ρ = 0 while B A = 0."""
     A, B, h = (t.detach().double() for t in (layer.A, layer.B, layer.h))
-    sq_norm = lambda X, Y: ((X.T @ X) * (Y @ Y.T)).sum()  # noqa: E731  ‖X Y‖_F²
-    lora_part = sq_norm(B, A)
+    lora_part = frobenius_sq(B, A)
     M = float((B.abs().amax(0) * A.abs().amax(1)).sum())
-    rho = float((sq_norm(B.abs(), A.abs()) / lora_part).sqrt()) if lora_part > 0 else 0.0
+    rho = float((frobenius_sq(B.abs(), A.abs()) / lora_part).sqrt()) if lora_part > 0 else 0.0
     return float(h.abs().max()) if len(h) else 0.0, M, rho
 
 
-def inject(model, rank, targets=TARGETS, **kw):
-    """Wrap every nn.Linear named `target` or `*.target` in PERALinear; return the wrapped names.
-
-    Every parameter that is not an adapter's own is frozen, so a second call (other targets, another rank)
-    leaves the adapters of the first trainable. The model's train/eval mode is kept. A target that names
-    no layer, or a layer that is not a plain nn.Linear (an adapter already, a GPT-2 Conv1D), is an error
-    that names the layer, and then nothing is changed.
-    """
+def inject(model, rank, *, targets=TARGETS, adapter=PERALinear, **kw):
+    """Wrap each nn.Linear named `target` or `*.target` in `adapter`, freeze all else; return the wrapped names.
+    A target naming no layer, an adapter or a part of one, or not an nn.Linear is an error; nothing then changes."""
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"targets must name one or more layers (e.g. {TARGETS}), got {targets!r}")
-    matches = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
-    names, wrapped = [], [n for n, m in model.named_modules() if is_adapter(m)]
-    for name, module in model.named_modules():
-        if not matches(name):
-            continue
-        if is_adapter(module):
-            raise ValueError(f"{name} is already adapted (a {type(module).__name__}); adapters do not nest: "
-                             f"merge it first, or leave it out of targets")
-        inside = next((w for w in wrapped if name.startswith(w + ".")), None)
-        if inside is not None:
-            raise ValueError(f"{name} is part of the adapter at {inside} (a {type(model.get_submodule(inside)).__name__}); "
-                             f"adapters do not nest")
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: PERALinear adapts y = x W0^T + b "
-                             f"with W0 of shape (out, in), which only nn.Linear guarantees (GPT-2's Conv1D stores "
-                             f"its weight as (in, out))")
-        names.append(name)
-    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
-    if missing:
+    names = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    if missing := [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]:
         raise ValueError(f"no nn.Linear in the model is named {missing} (or ends with '.<target>')")
-    adapters = [PERALinear(model.get_submodule(name), rank, **kw) for name in names]  # bad arguments: no change made
-    for name, adapter in zip(names, adapters):
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, adapter)
-    for module in model.modules():
-        if not is_adapter(module):  # an adapter's own A, B, ... stay trainable; its frozen base is a module of its own
-            for p in module.parameters(recurse=False):
-                p.requires_grad_(False)
-    return names
+    for name in names:
+        if at := next((n for n, m in model.named_modules() if is_adapter(m) and f"{name}.".startswith(f"{n}.")), None):
+            raise ValueError(f"{name} is {'already adapted' if at == name else f'part of the adapter at {at}'} "
+                             f"(a {type(model.get_submodule(at)).__name__}); adapters do not nest")
+        if not isinstance(module := model.get_submodule(name), nn.Linear):  # GPT-2's Conv1D stores W0 as (in, out)
+            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear: {adapter.__name__} adapts "
+                             f"y = x W0^T + b with W0 of shape (out, in), which only nn.Linear guarantees")
+    adapters = {name: adapter(model.get_submodule(name), rank, **kw) for name in names}  # bad arguments: no change
+    for p in (p for m in model.modules() if not is_adapter(m) for p in m.parameters(recurse=False)):
+        p.requires_grad_(False)  # all but the adapters' own A, B, ...; each base is frozen by its adapter
+    return [model.set_submodule(name, layer) or name for name, layer in adapters.items()]
 
 
 def is_adapter(module):
-    """Whether module is an adapter of lora.py, hira.py, pera.py, dora.py, loran.py (or any class of their shape of API)."""
+    """Whether module is an adapter of lora.py, hira.py, pera.py, dora.py, loran.py (or of their shape of API)."""
     return isinstance(getattr(module, "base", None), nn.Linear) and callable(getattr(module, "delta_weight", None))
 
 
 def merge(model):
     """Replace every PERALinear in `model` by its merged nn.Linear, in place; return the model."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, PERALinear):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.merged())
+    for name in [n for n, m in model.named_modules() if isinstance(m, PERALinear)]:
+        model.set_submodule(name, model.get_submodule(name).merged())
     return model
 
 

@@ -36,13 +36,9 @@ from model import Transformer, check_vocabulary
 from support import adapters, cli, commonsense, safety
 from tokenizer import Tokenizer
 
-# The papers' values; HiRA needs ~10x LoRA's. DoRA: 1e-4 as its authors' commonsense runs on LLaMA-7B (r = 32)
-# and LLaMA3-8B (NVlabs/DoRA, commonsense_reasoning/README.md; their other runs used 2e-4). LoRAN's authors
-# give no commonsense learning rate: LoRA's.
-DEFAULT_LR = {"lora": 1e-4, "pera": 1e-4, "hira": 1e-3, "dora": 1e-4, "loran": 1e-4, "hilora": 1e-3}
-# The HiRA authors' code applies no dropout; DoRA's commonsense runs use LLM-Adapters' 0.05; LoRAN's
-# released run (20-Newsgroups, Llama-2-7B) 0.2.
-DEFAULT_DROPOUT = {"lora": 0.05, "pera": 0.05, "hira": 0.0, "dora": 0.05, "loran": 0.2, "hilora": 0.0}
+# Each method's learning rate and dropout, as its paper or its authors' code use them (each adapter class says whose)
+DEFAULT_LR = {method: cls.defaults["lr"] for method, cls in adapters.METHODS.items()}
+DEFAULT_DROPOUT = {method: cls.defaults["dropout"] for method, cls in adapters.METHODS.items()}
 TRAIN_MIX = "commonsense_170k.json"  # LLM-Adapters' ft-training_set: the eight tasks' training data, as the papers use
 
 
@@ -75,6 +71,16 @@ def parse_args(argv=None):
                    "their 20-Newsgroups run: 5e-5)")
     p.add_argument("--omega", type=cli.FINITE, default=1e3, help="LoRAN's Sinter frequency ω (the authors' default; "
                    "their 20-Newsgroups run: 1e4)")
+    flags = {action.dest for action in p._actions}
+    for method in adapters.METHODS:  # a setting of a method with no flag above gets one, with its class's range
+        for name, default in adapters.options(method).items():
+            if name in flags:
+                continue
+            flags.add(name)
+            kind = adapters.METHODS[method].settings[name]
+            p.add_argument("--" + name.replace("_", "-"), default=None if default is adapters.REQUIRED else default,
+                           **{"choices": kind} if isinstance(kind, tuple) else {"type": adapters.RANGES[kind]},
+                           help=f"{adapters.label(method)}'s {name}")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS), help="comma-separated layer names")
     p.add_argument("--lr", type=cli.POSITIVE, default=None, help="peak learning rate (default: 1e-4 LoRA/PERA, as the PERA "
                    "paper; 1e-3 HiRA, as its paper, and HiLoRA, whose Hadamard part needs HiRA's; 1e-4 DoRA, as its authors' LLaMA-7B r32 and LLaMA3-8B "
@@ -112,8 +118,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     args = p.parse_args(argv)
 
-    args.dropout = DEFAULT_DROPOUT[args.method] if args.dropout is None else args.dropout
-    args.lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
+    defaults = adapters.METHODS[args.method].defaults  # the method's own (its class says whose)
+    args.dropout = defaults["dropout"] if args.dropout is None else args.dropout
+    args.lr = defaults["lr"] if args.lr is None else args.lr
     args.micro_batch_size = args.micro_batch_size or args.batch_size
     args.save_every = args.save_every or args.eval_every
     r2 = f"+{args.lora_rank}" if args.lora_rank is not None else ""  # HiLoRA: runs/hilora-r<r1>+<r2>
@@ -127,16 +134,18 @@ def parse_args(argv=None):
     elif args.train_file is not None and args.tasks is not None:
         p.error("--train-file and --tasks exclude each other")
     problems = []  # each number's own range is its argparse type's (support/cli.py); here what flags need of each other
-    if args.rank < 1 and args.method != "hilora":
-        problems.append(f"argument --rank: expected an integer >= 1 (0 only for HiLoRA's r1), got '{args.rank}'")
-    if args.method == "hilora" and (args.lora_rank is None or args.rank + args.lora_rank < 1):
-        problems.append("--method hilora needs --rank R1 and --lora-rank R2, not negative, one of them positive")
-    if args.method != "hilora" and args.lora_rank is not None:
-        problems.append(f"--lora-rank is HiLoRA's (the rank of its LoRA part), not {args.method}'s")
+    if not adapters.allowed(args.method, "rank", args.rank):  # --rank 0: HiLoRA's r1 only
+        problems.append(f"argument --rank: expected {adapters.expected(args.method, 'rank')} for --method "
+                        f"{args.method}, got '{args.rank}'")
+    own, flag = adapters.options(args.method), lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    if missing := [flag(n) for n, default in own.items() if default is adapters.REQUIRED and getattr(args, n) is None]:
+        problems.append(f"--method {args.method} needs {' and '.join(missing)}")
+    for name in dict.fromkeys(n for m in adapters.METHODS for n in adapters.options(m) if n not in own):
+        if getattr(args, name) != p.get_default(name):  # another method's setting: it would change nothing here
+            owners = "/".join(adapters.label(m) for m in adapters.METHODS if name in adapters.options(m))
+            problems.append(f"{flag(name)} is {owners}'s, not {args.method}'s")
     if args.batch_size % args.micro_batch_size:
         problems.append(f"--batch-size ({args.batch_size}) must be a multiple of --micro-batch-size ({args.micro_batch_size})")
-    if args.method != "pera" and (args.init, args.h_lr_ratio) != ("code", 1.0):
-        problems.append(f"--init and --h-lr-ratio are PERA's (h is PERA's coefficient vector), not {args.method}'s")
     if problems:
         p.error("; ".join(problems))
     return args
@@ -250,13 +259,14 @@ def lr_at(step, args, total_steps):
 # AdamW's groups, and PERA's log record.
 
 def optimizer_groups(model, args):
-    """AdamW's parameter groups: PERA's h gets its own, at h_lr_ratio × the schedule's lr (its "lr_ratio")."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if args.method != "pera" or args.h_lr_ratio == 1:
-        return [{"params": [p for _, p in trainable], "lr_ratio": 1.0}]
-    is_h = lambda n: n.rsplit(".", 1)[-1] == "h"  # noqa: E731
-    return [{"params": [p for n, p in trainable if not is_h(n)], "lr_ratio": 1.0},
-            {"params": [p for n, p in trainable if is_h(n)], "lr_ratio": args.h_lr_ratio}]
+    """AdamW's parameter groups, one per learning-rate ratio: a parameter named in its adapter's `lr_ratios` (PERA's
+    h, at h_lr_ratio) gets that ratio × the schedule's lr (its group's "lr_ratio"), every other one 1."""
+    ratios = {id(getattr(m, name)): r for m in model.modules() for name, r in getattr(m, "lr_ratios", {}).items()}
+    groups = {1.0: []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault(ratios.get(id(p), 1.0), []).append(p)
+    return [{"params": params, "lr_ratio": ratio} for ratio, params in groups.items() if params]
 
 
 def h_grad_norm(layers):
@@ -271,7 +281,7 @@ def pera_record(layers):
     of the bounds are above those of the shares), max |h|, and the median RMS entry of s·BA (the update's scale ε)."""
     shares = [pera.polynomial_share(layer) for layer in layers]
     bounds = [pera.polynomial_share_bound(layer) for layer in layers]
-    rms = [layer.scaling * math.sqrt(((B.T @ B) * (A @ A.T)).sum().item() / (B.shape[0] * A.shape[1]))
+    rms = [layer.scaling * math.sqrt(pera.frobenius_sq(B, A).item() / (B.shape[0] * A.shape[1]))
            for layer in layers for A, B in [(layer.A.double(), layer.B.double())]]  # ‖BA‖_F² from (r, r) Grams
     return {"poly_share_median": statistics.median(shares), "poly_share_max": max(shares),
             "poly_share_bound_median": statistics.median(bounds), "poly_share_bound_max": max(bounds),
@@ -342,9 +352,8 @@ def setup(args):
         model = Transformer.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
         model.grad_checkpoint = args.grad_checkpoint
         check_vocabulary(tokenizer, model, model_dir)
-        spec = adapters.settings(args.method, args.rank, args.targets.split(","), args.alpha, args.dropout, args.terms,
-                                 args.degree, args.init, args.h_lr_ratio, amplitude=args.amplitude, omega=args.omega,
-                                 lora_rank=args.lora_rank)
+        spec = adapters.settings(args.method, args.rank, args.targets.split(","),
+                                 **{name: getattr(args, name) for name in adapters.options(args.method)})
         adapters.check_fits(model, spec, device)  # a rank that would not fit is refused before it is built
         adapters.inject(model, spec)
     model.train()
@@ -378,7 +387,7 @@ def setup(args):
     run = Run(model=model, step_model=step_model, spec=spec,
               optimizer=torch.optim.AdamW(optimizer_groups(model, args), lr=args.lr, weight_decay=args.weight_decay),
               autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-              pera_layers=list(adapters.adapter_layers(model, "pera").values()) if args.method == "pera" else [],
+              pera_layers=[m for m in model.modules() if isinstance(m, pera.PERALinear)],
               tasks=tasks, train_set=train_set, val_set=val_set,
               pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0),
               steps_per_epoch=steps_per_epoch, total_steps=total_steps, rank=rank, world=world, share=share,

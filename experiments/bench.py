@@ -212,7 +212,7 @@ def base_layers(model, targets):
 def make_adapters(model, method, rank, kw, targets):
     """{layer name: adapter around the model's own linear}: every variant shares the base weights."""
     torch.manual_seed(rank)
-    cls = REFERENCES.get(method) or adapters.CLASSES[method]
+    cls = REFERENCES.get(method) or adapters.METHODS[method]
     rank, kw = split(method, rank, kw)
     layers = {name: cls(module, rank, **kw) for name, module in base_layers(model, targets).items()}
     with torch.no_grad():  # a trained-looking adapter, not the zero update of a fresh one

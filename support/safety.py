@@ -40,18 +40,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from support import cli
+from support import adapters, cli
 from support.safetensors_io import check_tensors
 
 STATE_FILE = Path("checkpoint") / "state.pt"  # inside --out
 TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
 # Arguments that define a run: --resume refuses to continue a run with different ones.
-RUN_DEFINING = ("model", "data", "tasks", "method", "rank", "alpha", "dropout", "terms", "degree", "amplitude", "omega",
-                "lora_rank", "targets", "lr",
+# Every method's settings (its class's keyword arguments: alpha, dropout, terms, ...) are among them.
+SETTINGS = {name: default for method in adapters.METHODS for name, default in adapters.options(method).items()}
+RUN_DEFINING = ("model", "data", "tasks", "method", "rank", *SETTINGS, "targets", "lr",
                 "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
-                "cutoff", "weight_decay", "grad_clip", "init", "h_lr_ratio", "train_file", "precision")
-RUN_DEFAULTS = {"init": "code", "h_lr_ratio": 1.0, "amplitude": 5e-4, "omega": 1e3}  # what a run saved before
-# these arguments existed used
+                "cutoff", "weight_decay", "grad_clip", "train_file", "precision")
+# what a run saved before a setting existed used: its default (PERA's init and h_lr_ratio, LoRAN's amplitude, omega)
+RUN_DEFAULTS = {name: default for name, default in SETTINGS.items() if default is not adapters.REQUIRED}
 
 
 # -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from model import Config, Transformer
 METHODS = {"lora": lora, "hira": hira, "pera": pera, "dora": dora, "loran": loran}
 FILE = {**METHODS, "hilora": hira}  # the file of each method in CASES
 ADAPTER = {"lora": lora.LoRALinear, "hira": hira.HiRALinear, "pera": pera.PERALinear, "dora": dora.DoRALinear,
-           "loran": loran.LoRANLinear, "hilora": hira.HiRALinear}  # HiLoRA: HiRALinear with a lora_rank
+           "loran": loran.LoRANLinear, "hilora": hira.HiLoRALinear}
 TRAINABLE = {"lora": {"A", "B"}, "hira": {"A", "B"}, "pera": {"A", "B", "h"}, "dora": {"A", "B", "m"},
              "loran": {"A", "B"}, "hilora": {"A", "B", "lora_A", "lora_B"}}
 # (method, extra arguments): every variant the properties below must hold for
@@ -562,9 +562,10 @@ def test_dora_fast_forward_is_the_plain_one(bias):
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, terms="cubic"), ValueError, "terms"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 1, terms="cross"), ValueError, "cross"),
     (lambda: pera.PERALinear(nn.Linear(4, 4), 2, degree=1), ValueError, "degree"),
-    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, alpha=4), ValueError, "lora_rank 0"),  # HiRA has no scaling:
-    (lambda: hira.HiRALinear(nn.Linear(4, 4), 0, lora_rank=0), ValueError, "rank"),  # alpha is HiLoRA's LoRA part's
-    (lambda: hira.HiRALinear(nn.Linear(4, 4), 2, lora_rank=-1), ValueError, "lora_rank"),
+    (lambda: hira.HiLoRALinear(nn.Linear(4, 4), 2, lora_rank=0, alpha=4), ValueError, "lora_rank 0"),  # alpha is
+    (lambda: hira.HiLoRALinear(nn.Linear(4, 4), 0, lora_rank=0), ValueError, "rank"),  # the LoRA part's
+    (lambda: hira.HiLoRALinear(nn.Linear(4, 4), 2, lora_rank=-1), ValueError, "lora_rank"),
+    (lambda: hira.HiLoRALinear(nn.Linear(4, 4), 2), TypeError, "lora_rank"),
     (lambda: dora.DoRALinear(nn.Conv1d(4, 4, 1), 4), TypeError, "nn.Linear"),
     (lambda: dora.DoRALinear(nn.Linear(4, 4), 0), ValueError, "rank"),
     (lambda: dora.DoRALinear(nn.Linear(4, 4), 2, dropout=-0.1), ValueError, "dropout"),
@@ -669,12 +670,12 @@ def test_meta_device_then_to_empty_and_load_state_dict_gives_the_same_model(meth
     """How large models are built: no memory until to_empty(), then every tensor comes from a state_dict."""
     torch.manual_seed(0)
     model = Toy()
-    names = FILE[method].inject(model, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
+    names = FILE[method].inject(model, rank, targets=("q_proj", "up_proj", "down_proj"), adapter=ADAPTER[method], **kw)
     for i, name in enumerate(names):
         randomize(model.get_submodule(name), seed=i, std=0.3)
     with torch.device("meta"):
         built = Toy()
-        FILE[method].inject(built, rank, targets=("q_proj", "up_proj", "down_proj"), **kw)
+        FILE[method].inject(built, rank, targets=("q_proj", "up_proj", "down_proj"), adapter=ADAPTER[method], **kw)
     built.to_empty(device="cpu")
     with torch.no_grad():  # to_empty leaves memory uninitialised: make that garbage deterministic
         for t in [*built.parameters(), *built.buffers()]:
@@ -992,7 +993,7 @@ def test_hilora_at_r1_zero_is_lora_bit_for_bit(alpha, dtype):
     torch.manual_seed(0)
     lo = lora.LoRALinear(base, 4, alpha=alpha, dropout=0.1)
     torch.manual_seed(0)
-    hl = hira.HiRALinear(base, 0, lora_rank=4, alpha=alpha, dropout=0.1)
+    hl = hira.HiLoRALinear(base, 0, lora_rank=4, alpha=alpha, dropout=0.1)
     assert hl.A is None and hl.B is None and torch.equal(hl.lora_A, lo.A)  # the same random draws
     assert {n for n, p in hl.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
     with torch.no_grad():
@@ -1011,9 +1012,9 @@ def test_hilora_at_r2_zero_is_hira_and_its_lora_part_adds_to_it(dropout):
     torch.manual_seed(0)
     hi = hira.HiRALinear(base, 4, dropout=dropout)
     torch.manual_seed(0)
-    hl = hira.HiRALinear(base, 4, lora_rank=2, dropout=dropout)
+    hl = hira.HiLoRALinear(base, 4, lora_rank=2, dropout=dropout)
     assert torch.equal(hl.A, hi.A)  # the Hadamard part is drawn first: HiRA's A for the same seed
-    assert set(hira.HiRALinear(base, 4, lora_rank=0).state_dict()) == set(hi.state_dict())  # r2 = 0: HiRA's tensors
+    assert set(hira.HiLoRALinear(base, 4, lora_rank=0).state_dict()) == set(hi.state_dict())  # r2 = 0: HiRA's tensors
     with torch.no_grad():
         hi.B.normal_()
         hl.B.copy_(hi.B)
@@ -1061,7 +1062,7 @@ def test_hilora_costs_hiras_token_matmuls_and_at_r1_zero_builds_no_out_by_in_mat
 
 def test_hilora_inject_train_save_alone_and_merge():
     model = tiny_model()
-    names = hira.inject(model, 2, lora_rank=3, alpha=6)
+    names = hira.inject(model, 2, adapter=hira.HiLoRALinear, lora_rank=3, alpha=6)
     layer = model.get_submodule(names[0])
     assert (layer.rank, layer.lora_rank, layer.scaling) == (2, 3, 2.0)
     assert {n.rsplit(".", 1)[1] for n, p in model.named_parameters() if p.requires_grad} == TRAINABLE["hilora"]
@@ -1071,7 +1072,7 @@ def test_hilora_inject_train_save_alone_and_merge():
     keys = (".A", ".B", ".h", ".m", ".lora_A", ".lora_B")
     saved = {k: v for k, v in model.state_dict().items() if k.endswith(keys)}
     fresh = tiny_model()
-    hira.inject(fresh, 2, lora_rank=3, alpha=6)
+    hira.inject(fresh, 2, adapter=hira.HiLoRALinear, lora_rank=3, alpha=6)
     assert not fresh.load_state_dict(saved, strict=False).unexpected_keys
     with torch.no_grad():
         adapted = model(tokens())

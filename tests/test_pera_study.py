@@ -132,8 +132,8 @@ def test_h_group_lr_and_the_logged_polynomial_terms(stories_dir, data_dir, tmp_p
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "lora", "--init", "paper"], "are PERA's"),
-    (["--method", "hira", "--h-lr-ratio", "10"], "are PERA's"),
+    (["--method", "lora", "--init", "paper"], "--init is PERA's, not lora's"),
+    (["--method", "hira", "--h-lr-ratio", "10"], "--h-lr-ratio is PERA's, not hira's"),
     (["--h-lr-ratio", "0"], "argument --h-lr-ratio: expected a finite number > 0, got '0'"),
     (["--init", "kaiming"], "invalid choice"),
 ])

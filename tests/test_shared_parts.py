@@ -50,10 +50,10 @@ def test_shared_part_is_lora_pys_after_renaming_the_class(name, part):
 
 def test_the_parts_compared_are_the_real_ones():
     # An empty or wrong source would compare equal everywhere: check that each part is what its name says.
-    assert source(lora, "LoRALinear", "inject").startswith("def inject(model, rank, targets=TARGETS")
+    assert source(lora, "LoRALinear", "inject").startswith("def inject(model, rank, *, targets=TARGETS")
     assert source(lora, "LoRALinear", "merge").startswith("def merge(model)")
-    assert "module.merged()" in source(lora, "LoRALinear", "merge")  # the module function uses the layer's method
     assert source(lora, "LoRALinear", "Linear.merged").lstrip().startswith("@torch.no_grad()\n    def merged(self)")
+    assert "model.get_submodule(name).merged()" in source(lora, "LoRALinear", "merge")
     assert "self.base.bias" in source(lora, "LoRALinear", "Linear.bias")
     assert "delta_weight" in source(lora, "LoRALinear", "Linear.weight")
 
@@ -69,3 +69,11 @@ def test_default_targets_come_from_the_adapter_files_and_are_not_written_again()
             *(ROOT / ".ci").glob("*.py")]  # not tests/, .venv/
     found = sorted(path.name for path in code if any(s in path.read_text() for s in spellings))
     assert set(found) == owners, f"the targets tuple is written out in {sorted(set(found) - owners)}"
+
+
+def test_the_shared_parts_are_short():
+    """inject at most 20 lines and the whole shared block at most 40, as minLoRA keeps its wrapping: the parts
+    a reader skips to reach the method must not outweigh it."""
+    lines = {part: len(source(lora, "LoRALinear", part).rstrip("\n").splitlines()) for part in PARTS if part != "TARGETS"}
+    assert lines["inject"] <= 20, lines
+    assert sum(lines.values()) <= 40, lines

@@ -134,10 +134,10 @@ def train_args(stories_dir, data_dir, out, *extra):
     (["--method", "vera"], "invalid choice"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--batch-size", "10", "--micro-batch-size", "4"], "must be a multiple of --micro-batch-size"),
-    (["--rank", "0"], "argument --rank: expected an integer >= 1 (0 only for HiLoRA's r1), got '0'"),
-    (["--method", "hilora", "--rank", "2"], "--method hilora needs --rank R1 and --lora-rank R2"),
-    (["--method", "hilora", "--rank", "0", "--lora-rank", "0"], "one of them positive"),
-    (["--method", "hira", "--lora-rank", "2"], "--lora-rank is HiLoRA's (the rank of its LoRA part), not hira's"),
+    (["--rank", "0"], "argument --rank: expected an integer >= 1 for --method pera, got '0'"),
+    (["--method", "hilora", "--rank", "2"], "--method hilora needs --lora-rank"),
+    (["--method", "hira", "--lora-rank", "2"], "--lora-rank is HiLoRA's, not hira's"),
+    (["--method", "hira", "--alpha", "2"], "--alpha is LoRA/PERA/DoRA/LoRAN/HiLoRA's, not hira's"),
 ])
 def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -178,7 +178,7 @@ def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, d
     assert {p.name for p in out.iterdir()} >= {"adapter_model.safetensors", "adapter_config.json", "args.json",
                                                 "log.jsonl", "metrics.json", "checkpoint"}
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["peft_type"] == adapters.PEFT_TYPES[method] and config["r"] == 4
+    assert config["peft_type"] == adapters.METHODS[method].peft_type and config["r"] == 4
     assert config["base_model_name_or_path"] == str(stories_dir)  # --model as given
     # the adapter kept is the best by validation loss, here the last step's; loaded the way eval.py loads it (the
     # base model named in adapter_config.json), it gives the logits of the model that training left
@@ -475,7 +475,7 @@ def test_dora_gradients_are_pefts():
     layers = adapters.adapter_layers(model, "dora")
     assert len(layers) == 10
     for name, layer in layers.items():
-        for ours, theirs in adapters.TENSOR_KEYS["dora"].items():
+        for ours, theirs in adapters.METHODS["dora"].tensor_keys.items():
             expected = reference[f"grad.base_model.model.{name}.{theirs}"]
             grad = getattr(layer, ours).grad
             assert (grad - expected).abs().max() <= 1e-5 * expected.abs().max(), f"{name}.{ours}"
