@@ -164,9 +164,9 @@ class HadamardLinear(torch.autograd.Function):
     def weight(ctx, W0, A, B, lora_A, lora_B):
         """ΔW, or W0 + ΔW when fused, in float32 (float64 for a float64 adapter), as delta_weight builds it."""
         f = torch.promote_types(A.dtype, torch.float32)
-        delta = W0.to(f) * (B.to(f) @ A.to(f))
-        if lora_A is not None:
-            delta = delta + ctx.s * (lora_B.to(f) @ lora_A.to(f))
+        delta = W0 * (B.to(f) @ A.to(f))  # W0 promoted to float32 inside the product: no (out, in) copy of it
+        if lora_A is not None:  # + s · lora_B lora_A in the same kernel as its product
+            delta = torch.addmm(delta, lora_B.to(f), lora_A.to(f), alpha=ctx.s)
         return W0 + delta if ctx.fused else delta
 
     @staticmethod
@@ -178,10 +178,10 @@ class HadamardLinear(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 gx = (gy @ HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B).to(x.dtype)).to(ctx.x_dtype)  # (..., in)
             G = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (out, in): ∂L/∂ΔW
-            g_ba = G * W0.to(f)
+            g_ba = G * W0
             grads = [g_ba @ A.to(f).T, B.to(f).T @ g_ba]  # gB (out, r), gA (r, in)
             if lora_A is not None:
-                g_lora = ctx.s * G
+                g_lora = G if ctx.s == 1 else ctx.s * G
                 grads += [g_lora @ lora_A.to(f).T, lora_B.to(f).T @ g_lora]
             else:
                 grads += [None, None]

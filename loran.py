@@ -16,7 +16,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
 def sinter(x, amplitude, omega):
     """Sinter(x) = x + amplitude · x · sin(omega · x), elementwise: the identity plus a small sine ripple."""
-    return x + amplitude * x * torch.sin(omega * x)
+    return torch.addcmul(x, x, torch.sin(omega * x), value=amplitude)  # one pass for x + amplitude · x · sin
 
 
 class LoRANLinear(nn.Module):
@@ -138,12 +138,16 @@ class SinterLinear(torch.autograd.Function):
 
     @staticmethod
     def weight(ctx, W0, A, B):
-        """ΔW, or W0 + ΔW when fused, in float32 (float64 for a float64 adapter), as delta_weight builds it; and B A."""
+        """ΔW, or W0 + ΔW when fused, in float32 (float64 for a float64 adapter), as delta_weight builds it; and
+        u = B A, ω u and sin(ω u), which the backward needs again."""
         s, amplitude, omega = ctx.consts
         f = torch.promote_types(A.dtype, torch.float32)
         u = B.to(f) @ A.to(f)
-        delta = s * sinter(u, amplitude, omega)
-        return (W0 + delta if ctx.fused else delta), u
+        wu = omega * u
+        sin = torch.sin(wu)
+        delta = torch.addcmul(u, u, sin, value=amplitude)  # sinter(u)
+        delta = delta if s == 1 else s * delta  # s = 1 (alpha = r) multiplies nothing
+        return (W0 + delta if ctx.fused else delta), u, wu, sin
 
     @staticmethod
     def backward(ctx, gy):
@@ -151,11 +155,11 @@ class SinterLinear(torch.autograd.Function):
         s, amplitude, omega = ctx.consts
         f = torch.promote_types(A.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            weight, u = SinterLinear.weight(ctx, W0, A, B)
+            weight, u, wu, sin = SinterLinear.weight(ctx, W0, A, B)
             gx = (gy @ weight.to(x.dtype)).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None  # (..., in)
-            G = s * (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (out, in): ∂L/∂Sinter(BA)
-            wu = omega * u
-            g_u = G + amplitude * G * torch.sin(wu) + omega * (G * (amplitude * u)) * torch.cos(wu)
+            G = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (out, in): ∂L/∂ΔW
+            slope = torch.addcmul(sin.mul_(amplitude).add_(1), u, torch.cos(wu), value=amplitude * omega)
+            g_u = G * slope if s == 1 else (s * G) * slope  # s · G ⊙ Sinter'(B A)
             gB, gA = g_u @ A.to(f).T, B.to(f).T @ g_u
         return gx, None, None, None, None, gA, gB, None, None, None
 

@@ -507,10 +507,12 @@ class KernelCalls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         on_host = tensors and all(t.untyped_storage()._cdata in self.host for t in tensors)
-        if not (func.is_view or func in NO_KERNEL or func.namespace != "aten" or on_host):
+        out = func(*args, **(kwargs or {}))
+        no_tensor = not tensors and not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0])  # promote_types
+        if not (func.is_view or func in NO_KERNEL or func.namespace != "aten" or on_host or no_tensor):
             name = str(func.overloadpacket).removeprefix("aten.")
             self.calls[name] = self.calls.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
+        return out
 
 
 def kernel_calls(method, rank, layers=16, kw=None, targets=adapters.DEFAULT_TARGETS):

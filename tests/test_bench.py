@@ -165,9 +165,9 @@ def test_saved_bytes_count_each_storage_kept_for_the_backward_once():
 
 
 # Kernel calls of one training step (bf16 autocast, AdamW foreach, no dropout), one block of the tiny model.
-KERNEL_CALLS = {("none", 0): 131, ("lora", 4): 197, ("hira", 4): 197, ("hilora", 4): 227, ("pera", 4): 337,
-                ("dora", 4): 347, ("loran", 4): 257, ("lora", 16): 197, ("hira", 16): 197, ("hilora", 16): 227,
-                ("pera", 16): 337, ("dora", 16): 347, ("loran", 16): 257}
+KERNEL_CALLS = {("none", 0): 131, ("lora", 4): 197, ("hira", 4): 193, ("hilora", 4): 210, ("pera", 4): 277,
+                ("dora", 4): 342, ("loran", 4): 239, ("lora", 16): 197, ("hira", 16): 193, ("hilora", 16): 210,
+                ("pera", 16): 277, ("dora", 16): 342, ("loran", 16): 239}
 
 
 @pytest.mark.parametrize("method,rank", list(KERNEL_CALLS), ids=[f"{m}-r{r}" for m, r in KERNEL_CALLS])
@@ -178,9 +178,9 @@ def test_kernel_calls_per_training_step_are_pinned(method, rank):
 
 # Bytes saved for the backward by one block of stories260K's shape (64 wide, MLP 172), bf16, 1 x 8 tokens:
 # few tokens, so that anything sized like a weight (out, in) would stand out against the activations.
-SAVED_BYTES = {("lora", 4): 34180, ("hira", 4): 193924, ("hilora", 4): 193924, ("pera", 4): 128260,
-               ("dora", 4): 42188, ("loran", 4): 435588, ("lora", 16): 49540, ("hira", 16): 193924,
-               ("hilora", 16): 193924, ("pera", 16): 1329028, ("dora", 16): 57548, ("loran", 16): 435588}
+SAVED_BYTES = {("lora", 4): 34180, ("hira", 4): 29060, ("hilora", 4): 29060, ("pera", 4): 53156,
+               ("dora", 4): 42188, ("loran", 4): 29060, ("lora", 16): 49540, ("hira", 16): 29060,
+               ("hilora", 16): 29060, ("pera", 16): 292868, ("dora", 16): 57548, ("loran", 16): 29060}
 
 
 @pytest.mark.parametrize("method,rank", list(SAVED_BYTES), ids=[f"{m}-r{r}" for m, r in SAVED_BYTES])

@@ -7,8 +7,10 @@ import torch.nn as nn
 
 from support import adapters
 
-LEAN = [("hira", {}), ("hilora", {"lora_rank": 2}), ("loran", {})]
-IDS = [m for m, _ in LEAN]
+LEAN = [("hira", {}), ("hilora", {"lora_rank": 2}), ("loran", {}), ("pera", {}), ("pera", {"alpha": 2}),
+        ("pera", {"terms": "square"}), ("pera", {"terms": "cross"})]
+IDS = [m + "".join(f"-{k}={v}" for k, v in kw.items()) for m, kw in LEAN]
+HADAMARD = [(m, kw) for m, kw in LEAN if m != "pera"]  # those that build an (out, in) matrix
 # (dtype of base and input, bf16 autocast, tolerance relative to the largest entry)
 PRECISIONS = [(torch.float64, False, 1e-12), (torch.float32, False, 1e-6), (torch.float32, True, 1e-2),
               (torch.bfloat16, False, 1e-2)]
@@ -48,7 +50,7 @@ def test_lean_backward_is_the_plain_one(method, kw, dtype, autocast, tol, dropou
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-@pytest.mark.parametrize("method,kw", LEAN, ids=IDS)
+@pytest.mark.parametrize("method,kw", HADAMARD, ids=[m for m, _ in HADAMARD])
 def test_lean_path_keeps_nothing_sized_like_the_weight(method, kw, autocast):
     """A wide layer on few tokens: every tensor autograd keeps is far smaller than W0; the plain path keeps some."""
     dtype = torch.bfloat16 if autocast else torch.float32  # train.py's bf16: a bf16 base under autocast
