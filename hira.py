@@ -158,16 +158,21 @@ class HadamardLinear(torch.autograd.Function):
         x = x.to(dtype)  # as autocast would cast it (nothing new when x is in dtype already)
         ctx.save_for_backward(x, W0, A, B, lora_A, lora_B)
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(x, HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B).to(dtype), bias if fused else None)
+            return F.linear(x, HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B, dtype), bias if fused else None)
 
     @staticmethod
-    def weight(ctx, W0, A, B, lora_A, lora_B):
-        """ΔW, or W0 + ΔW when fused, in float32 (float64 for a float64 adapter), as delta_weight builds it."""
+    def weight(ctx, W0, A, B, lora_A, lora_B, dtype):
+        """ΔW, or W0 + ΔW when fused, computed in float32 (float64 for a float64 adapter) as delta_weight
+        computes it, and rounded once to dtype."""
         f = torch.promote_types(A.dtype, torch.float32)
-        delta = W0 * (B.to(f) @ A.to(f))  # W0 promoted to float32 inside the product: no (out, in) copy of it
-        if lora_A is not None:  # + s · lora_B lora_A in the same kernel as its product
-            delta = torch.addmm(delta, lora_B.to(f), lora_A.to(f), alpha=ctx.s)
-        return W0 + delta if ctx.fused else delta
+        ba = B.to(f) @ A.to(f)
+        out = None if ctx.fused else torch.empty_like(W0, dtype=dtype)  # the last product rounds into it
+        if lora_A is None:  # W0 ⊙ BA, W0 promoted to float32 inside the product: no (out, in) copy of it
+            delta = torch.mul(W0, ba, out=out)
+        else:  # s · lora_B lora_A + W0 ⊙ BA in one pass
+            lora = lora_B.to(f) @ lora_A.to(f)
+            delta = torch.addcmul(lora if ctx.s == 1 else ctx.s * lora, W0, ba, out=out)
+        return (W0 + delta).to(dtype) if ctx.fused else delta
 
     @staticmethod
     def backward(ctx, gy):
@@ -176,7 +181,7 @@ class HadamardLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             gx = None
             if ctx.needs_input_grad[0]:
-                gx = (gy @ HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B).to(x.dtype)).to(ctx.x_dtype)  # (..., in)
+                gx = (gy @ HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B, x.dtype)).to(ctx.x_dtype)  # (..., in)
             G = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (out, in): ∂L/∂ΔW
             g_ba = G * W0
             grads = [g_ba @ A.to(f).T, B.to(f).T @ g_ba]  # gB (out, r), gA (r, in)

@@ -134,20 +134,21 @@ class SinterLinear(torch.autograd.Function):
         x = x.to(dtype)  # as autocast would cast it (nothing new when x is in dtype already)
         ctx.save_for_backward(x, W0, A, B)
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(x, SinterLinear.weight(ctx, W0, A, B)[0].to(dtype), bias if fused else None)
+            return F.linear(x, SinterLinear.weight(ctx, W0, A, B, dtype)[0], bias if fused else None)
 
     @staticmethod
-    def weight(ctx, W0, A, B):
-        """ΔW, or W0 + ΔW when fused, in float32 (float64 for a float64 adapter), as delta_weight builds it; and
-        u = B A, ω u and sin(ω u), which the backward needs again."""
+    def weight(ctx, W0, A, B, dtype):
+        """ΔW, or W0 + ΔW when fused, computed in float32 (float64 for a float64 adapter) as delta_weight
+        computes it and rounded once to dtype; and u = B A, ω u and sin(ω u), which the backward needs again."""
         s, amplitude, omega = ctx.consts
         f = torch.promote_types(A.dtype, torch.float32)
         u = B.to(f) @ A.to(f)
         wu = omega * u
         sin = torch.sin(wu)
-        delta = torch.addcmul(u, u, sin, value=amplitude)  # sinter(u)
+        out = None if ctx.fused or s != 1 else torch.empty_like(W0, dtype=dtype)  # the last pass rounds into it
+        delta = torch.addcmul(u, u, sin, value=amplitude, out=out)  # sinter(u)
         delta = delta if s == 1 else s * delta  # s = 1 (alpha = r) multiplies nothing
-        return (W0 + delta if ctx.fused else delta), u, wu, sin
+        return (W0 + delta if ctx.fused else delta).to(dtype), u, wu, sin
 
     @staticmethod
     def backward(ctx, gy):
@@ -155,11 +156,12 @@ class SinterLinear(torch.autograd.Function):
         s, amplitude, omega = ctx.consts
         f = torch.promote_types(A.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            weight, u, wu, sin = SinterLinear.weight(ctx, W0, A, B)
-            gx = (gy @ weight.to(x.dtype)).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None  # (..., in)
-            G = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (out, in): ∂L/∂ΔW
-            slope = torch.addcmul(sin.mul_(amplitude).add_(1), u, torch.cos(wu), value=amplitude * omega)
-            g_u = G * slope if s == 1 else (s * G) * slope  # s · G ⊙ Sinter'(B A)
+            weight, u, wu, sin = SinterLinear.weight(ctx, W0, A, B, x.dtype)
+            gx = (gy @ weight).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None  # (..., in)
+            G = gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in): ∂L/∂ΔW, in x's dtype
+            G = G if s == 1 else s * G.to(f)  # (a bf16 G is promoted to float32 by the product below)
+            ripple = torch.addcmul(sin, u, torch.cos(wu), value=omega)  # sin(ω u) + ω u cos(ω u)
+            g_u = torch.addcmul(G, G, ripple, value=amplitude)  # s · G ⊙ Sinter'(B A), Sinter' = 1 + λ · ripple
             gB, gA = g_u @ A.to(f).T, B.to(f).T @ g_u
         return gx, None, None, None, None, gA, gB, None, None, None
 

@@ -191,8 +191,9 @@ class PERAUpdate(torch.autograd.Function):
             P, ij = idx.shape[1], idx.reshape(-1)  # (2P,): the i's, then the j's
             A_ij = A.index_select(0, ij).view(2, P, -1)  # a_i and a_j, (2, P, in)
             B_ij = B.index_select(1, ij).view(B.shape[0], 2, P)  # b_i and b_j, (out, 2, P)
-            A_hat = torch.cat([A, h[:, None] * (A_ij[0] * A_ij[1])]).to(dtype)  # (r + P, in)
-            B_hat = torch.cat([B, B_ij[:, 0] * B_ij[:, 1]], dim=1).to(dtype)  # (out, r + P)
+            # (r + P, in) and (out, r + P), each concatenated straight into the activation's dtype
+            A_hat = torch.cat([A, h[:, None] * (A_ij[0] * A_ij[1])], out=A.new_empty(A.shape[0] + P, A.shape[1], dtype=dtype))
+            B_hat = torch.cat([B, B_ij[:, 0] * B_ij[:, 1]], dim=1, out=B.new_empty(B.shape[0], B.shape[1] + P, dtype=dtype))
             x_ = x.to(dtype)
             u = F.linear(x_, A_hat)  # (..., r + P)
             u = u if s == 1 else s * u  # s = 1 (alpha = r) multiplies nothing
@@ -213,9 +214,9 @@ class PERAUpdate(torch.autograd.Function):
             gx = (gu @ A_hat).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
             ij, ji = idx.reshape(-1), idx.flip(0).reshape(-1)  # each index beside its partner
             A_ji = A.index_select(0, ji).view(2, P, -1)  # a_j and a_i
-            g_terms = g_A_hat[r:]  # (P, in): ∂L/∂(h_p a_i ⊙ a_j)
-            gh = (g_terms * (A_ji[0] * A_ji[1])).sum(1)
-            gA = g_A_hat[:r].index_add(0, ij, ((h[:, None] * g_terms) * A_ji).view(2 * P, -1))
+            g_terms = g_A_hat[r:] * A_ji  # (2, P, in): ∂L/∂(h_p a_i ⊙ a_j) ⊙ a_j, then ⊙ a_i
+            gh = (g_terms[0, :, None] @ A_ji[1, :, :, None]).view(P)  # ⟨∂L/∂(h_p a_i ⊙ a_j) ⊙ a_j, a_i⟩, batched
+            gA = g_A_hat[:r].index_add(0, ij, (h[:, None] * g_terms).view(2 * P, -1))
             B_ji = B.index_select(1, ji).view(B.shape[0], 2, P)  # b_j and b_i
             gB = g_B_hat[:, :r].index_add(1, ij, (g_B_hat[:, None, r:] * B_ji).view(B.shape[0], 2 * P))
         return gx, gA, gB, gh, None, None

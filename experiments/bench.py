@@ -67,7 +67,11 @@ SHAPES = {
 }
 VARIANTS = {"none": ("none", {}), "lora": ("lora", {}), "hira": ("hira", {}), "pera": ("pera", {}),
             "pera-square": ("pera", {"terms": "square"}), "pera-cross": ("pera", {"terms": "cross"}),
-            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {}), "hilora": ("hilora", {})}
+            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {}), "hilora": ("hilora", {}),
+            # each method's plain computation, where it has a lean one beside it (the class's `lean = False`)
+            "hira-plain": ("hira", {"lean": False}), "hilora-plain": ("hilora", {"lean": False}),
+            "pera-plain": ("pera", {"lean": False}), "loran-plain": ("loran", {"lean": False})}
+DEFAULT_METHODS = [m for m in VARIANTS if not m.endswith("-plain")]
 
 
 class PeftDoRALinear(dora.DoRALinear):
@@ -110,7 +114,7 @@ def parse_args(argv=None):
     where.add_argument("--model", help="a Hugging Face model folder")
     where.add_argument("--shape", choices=list(SHAPES), help="a public model's shape, randomly initialised")
     p.add_argument("--layers", type=cli.POSITIVE_INT, default=None, help="keep only the first N layers")
-    p.add_argument("--methods", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--ranks", default="4,16")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS))
     p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=8)
@@ -134,7 +138,7 @@ def parse_args(argv=None):
     p.add_argument("--json", help="also write the results to this file")
     plan = p.add_argument_group("memory planner (--plan): what one training step needs, by part, without weights")
     plan.add_argument("--plan", action="store_true", help="plan the memory of a train.py run instead of measuring")
-    plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in VARIANTS if m != 'none')}")
+    plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in DEFAULT_METHODS if m != 'none')}")
     plan.add_argument("--rank", type=cli.POSITIVE_INT, default=16)
     plan.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
                       help="examples per forward (default: --batch-size)")
@@ -160,8 +164,8 @@ def parse_args(argv=None):
     if args.clock == "cpu" and args.device != "cpu":
         p.error("--clock cpu times CPU runs only")
     args.methods = args.methods.split(",")
-    if (args.plan or args.plan_grid) and (args.method not in VARIANTS or args.method == "none"):
-        p.error(f"--method {args.method}: choose from {', '.join(m for m in VARIANTS if m != 'none')}")
+    if (args.plan or args.plan_grid) and (args.method not in DEFAULT_METHODS or args.method == "none"):
+        p.error(f"--method {args.method}: choose from {', '.join(m for m in DEFAULT_METHODS if m != 'none')}")
     args.micro_batch_size = args.micro_batch_size or args.batch_size
     if args.loss_tokens >= args.seq_len:
         p.error(f"--loss-tokens ({args.loss_tokens}) must be below --seq-len ({args.seq_len}): each predicts the next token")
@@ -221,7 +225,10 @@ def make_adapters(model, method, rank, kw, targets):
     torch.manual_seed(rank)
     cls = REFERENCES.get(method) or adapters.CLASSES[method]
     rank, kw = split(method, rank, kw)
+    lean, kw = kw.get("lean", True), {k: v for k, v in kw.items() if k != "lean"}
     layers = {name: cls(module, rank, **kw) for name, module in base_layers(model, targets).items()}
+    for layer in layers.values() if not lean else ():
+        layer.lean = False
     with torch.no_grad():  # a trained-looking adapter, not the zero update of a fresh one
         for layer in layers.values():
             for p in layer.parameters():
@@ -491,7 +498,7 @@ def _measure_probe(arg_dict, warm_up=True):
 COUNT_CONFIG = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                     num_key_value_heads=2)  # LLaMA-shaped and tiny: the count does not depend on the widths
 NO_KERNEL = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default, torch.ops.aten.new_empty.default,
-             torch.ops.aten.new_empty_strided.default,  # allocation only
+             torch.ops.aten.new_empty_strided.default, torch.ops.aten.empty_like.default,  # allocation only
              torch.ops.aten._unsafe_view.default}  # a view that autograd does not track as one
 
 
