@@ -5,6 +5,8 @@
     python -m experiments.bench --plan --shape llama-3-8b --method pera --micro-batch-size 4      # memory plan, nothing allocated
     python -m experiments.bench --shape smollm2-135m --methods lora,pera --grad-checkpoint        # what checkpointing saves
     python -m experiments.bench --host 170000      # train.py's host work per step;   --load-rss 1.0: loading a checkpoint
+    python -m experiments.bench --costs --batch-size 16 --seq-len 256   # kernel calls per step, bytes kept for the backward
+    python -m experiments.bench --plan-against results/bench-h200-llama-3-8b.json   # the plan of each measured CUDA peak
 
 All variants share one frozen base model (each adapter wraps the same nn.Linear objects) and run
 interleaved in one process, after warm-up rounds, so machine noise hits them alike; each figure is the
@@ -15,6 +17,9 @@ under every method. Peak memory is CUDA's max_memory_allocated, or on a CPU the 
 a separate process that builds the model and runs the variant alone. Inference is a prefill (the batch
 through the model, logits at the last position, no_grad) with each adapter merged, against the model
 without adapters.
+
+"hira-plain", "hilora-plain", "pera-plain", "loran-plain" are those methods' plain computations (the class's
+`lean = False`), to time each lean path against the computation it replaces.
 
 "hilora" at rank r is HiLoRA with r1 = r − r//2, r2 = r//2 (2 + 2 at r = 4: LoRA's parameters at r); its row also
 gives its step as a multiple of HiRA's at r1 plus LoRA's at r2 less the frozen model's, when those ran too
