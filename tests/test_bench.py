@@ -75,7 +75,7 @@ def test_planned_memory_is_within_15_percent_of_the_measured_peak(extra):
     print(f"{extra}: planned {parts['total_bytes'] / 2 ** 20:.0f} MiB, measured {measured / 2 ** 20:.0f} MiB")
     assert parts["total_bytes"] == (parts["weight_bytes"] + parts["trainable_bytes"] + parts["grad_bytes"]
                                     + parts["optimizer_bytes"] + parts["activation_bytes"])
-    assert parts["activation_bytes"] > 0.3 * parts["total_bytes"]  # a test of the activations, not of the weights
+    assert parts["activation_bytes"] > 0.25 * parts["total_bytes"]  # a test of the activations, not of the weights
     assert abs(parts["total_bytes"] / measured - 1) < 0.15
 
 
