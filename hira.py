@@ -80,17 +80,29 @@ class HiRALinear(nn.Module):
         self.A, self.B = factors(base, rank)
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
-
     def forward(self, x):
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # what the matmul computes in
         dropout_active = self.training and isinstance(self.dropout, nn.Dropout)
         fused = not dropout_active and dtype in (torch.float32, torch.float64)  # bf16 would round ΔW away in W0 + ΔW
+        if not self.lean:  # the plain computation; autograd keeps B A and ΔW, both (out, in), for the backward
+            if not fused:
+                return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))  # W0 x + bias + ΔW x'
+            # Fused: saves a matmul forward and one backward; tests/test_adapters.py::test_fused_forward_is_the_plain_one
+            weight = self.base.weight + self.delta_weight()  # W0 + W0 ⊙ BA: the merged weight, one matmul
+            return F.linear(x, weight.to(x.dtype), self.base.bias)
+        # Lean: the same, with ΔW rebuilt in the backward (HadamardLinear, below): nothing (out, in) is kept from
+        # the forward to the backward; tests/test_lean.py::test_lean_backward_is_the_plain_one
+        parts = self.update_parts()
         if not fused:
-            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))  # W0 x + bias + ΔW x'
-        # Fused: saves a matmul forward and one backward; tests/test_adapters.py::test_fused_forward_is_the_plain_one
-        weight = self.base.weight + self.delta_weight()  # W0 + W0 ⊙ BA: the merged weight, one matmul
-        return F.linear(x, weight.to(x.dtype), self.base.bias)
+            return self.base(x) + HadamardLinear.apply(self.dropout(x), dtype, False, self.base.weight, None, *parts)
+        return HadamardLinear.apply(x, x.dtype, True, self.base.weight, self.base.bias, *parts)
+
+    lean = True  # False: the plain computation above, kept for the tests and for reading
+
+    def update_parts(self):
+        """A, B and a LoRA part's factors and scaling (none here) for HadamardLinear."""
+        return self.A, self.B, None, None, None
 
     def delta_weight(self):
         """ΔW = W0 ⊙ (B A), shaped like base.weight, in float32 (float64 for a float64 adapter) even under autocast."""
@@ -153,6 +165,9 @@ class HiLoRALinear(HiRALinear):
             return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A), B)
         return super().forward(x)  # HiRA's, with this delta_weight
 
+    def update_parts(self):
+        return self.A, self.B, self.lora_A, self.lora_B, self.scaling
+
     def delta_weight(self):
         """ΔW = W0 ⊙ (B A) + s · lora_B lora_A, either part absent at rank 0, shaped like base.weight, in float32
         (float64 for a float64 adapter) even under autocast."""
@@ -165,6 +180,58 @@ class HiLoRALinear(HiRALinear):
 
     def extra_repr(self):
         return f"rank={self.rank}" + (f", lora_rank={self.lora_rank}, alpha={self.alpha}" if self.lora_rank else "")
+
+
+class HadamardLinear(torch.autograd.Function):
+    """x ΔWᵀ, or x (W0 + ΔW)ᵀ + bias when fused, with ΔW = W0 ⊙ (B A) [+ s · lora_B lora_A] built in float32, as
+    HiRALinear.forward's plain path computes it, but keeping only x and the factors for the backward, which
+    builds ΔW again: the (out, in) matrices live one layer at a time, as in the merge, instead of every
+    layer's B A (float32) and ΔW (bf16) waiting for the backward, 6 bytes per entry of W0 (about 20 GiB on
+    Llama-3-8B). The price is B A and W0 ⊙ B A once more, per layer and step. The gradients are the plain
+    path's: G = gyᵀ x (out, in), g(BA) = W0 ⊙ G, gB = g(BA) Aᵀ, gA = Bᵀ g(BA), g(lora_B lora_A) = s · G.
+    tests/test_lean.py::test_lean_backward_is_the_plain_one holds the two equal.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dtype, fused, W0, bias, A, B, lora_A, lora_B, s):
+        ctx.x_dtype, ctx.fused, ctx.s = x.dtype, fused, s
+        x = x.to(dtype)  # as autocast would cast it (nothing new when x is in dtype already)
+        ctx.save_for_backward(x, W0, A, B, lora_A, lora_B)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x, HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B, dtype), bias if fused else None)
+
+    @staticmethod
+    def weight(ctx, W0, A, B, lora_A, lora_B, dtype):
+        """ΔW, or W0 + ΔW when fused, computed in float32 (float64 for a float64 adapter) as delta_weight
+        computes it, and rounded once to dtype."""
+        f = torch.promote_types(A.dtype, torch.float32)
+        ba = B.to(f) @ A.to(f)
+        out = None if ctx.fused else torch.empty_like(W0, dtype=dtype)  # the last product rounds into it
+        if lora_A is None:  # W0 ⊙ BA, W0 promoted to float32 inside the product: no (out, in) copy of it
+            delta = torch.mul(W0, ba, out=out)
+        else:  # s · lora_B lora_A + W0 ⊙ BA in one pass
+            lora = lora_B.to(f) @ lora_A.to(f)
+            delta = torch.addcmul(lora if ctx.s == 1 else ctx.s * lora, W0, ba, out=out)
+        return (W0 + delta).to(dtype) if ctx.fused else delta
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, W0, A, B, lora_A, lora_B = ctx.saved_tensors
+        f = torch.promote_types(A.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            gx = None
+            if ctx.needs_input_grad[0]:
+                gx = (gy @ HadamardLinear.weight(ctx, W0, A, B, lora_A, lora_B, x.dtype)).to(ctx.x_dtype)  # (..., in)
+            G = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (out, in): ∂L/∂ΔW
+            g_ba = G * W0
+            grads = [g_ba @ A.to(f).T, B.to(f).T @ g_ba]  # gB (out, r), gA (r, in)
+            if lora_A is not None:
+                g_lora = G if ctx.s == 1 else ctx.s * G
+                grads += [g_lora @ lora_A.to(f).T, lora_B.to(f).T @ g_lora]
+            else:
+                grads += [None, None]
+        gB, gA, g_lB, g_lA = grads
+        return gx, None, None, None, None, gA, gB, g_lA, g_lB, None
 
 
 def inject(model, rank, *, targets=TARGETS, adapter=HiRALinear, **kw):

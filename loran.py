@@ -17,7 +17,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
 def sinter(x, amplitude, omega):
     """Sinter(x) = x + amplitude · x · sin(omega · x), elementwise: the identity plus a small sine ripple."""
-    return x + amplitude * x * torch.sin(omega * x)
+    return torch.addcmul(x, x, torch.sin(omega * x), value=amplitude)  # one pass for x + amplitude · x · sin
 
 
 class LoRANLinear(nn.Module):
@@ -77,11 +77,20 @@ class LoRANLinear(nn.Module):
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # what the matmul computes in
         dropout_active = self.training and isinstance(self.dropout, nn.Dropout)
         fused = not dropout_active and dtype in (torch.float32, torch.float64)  # bf16 would round ΔW away in W0 + ΔW
+        if not self.lean:  # the plain computation; autograd keeps B A, its sine and ΔW, all (out, in), for the backward
+            if not fused:
+                return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))  # W0 x + bias + ΔW x'
+            # Fused: saves a matmul forward and one backward; tests/test_adapters.py::test_fused_forward_is_the_plain_one
+            weight = self.base.weight + self.delta_weight()  # W0 + s·Sinter(BA): the merged weight, one matmul
+            return F.linear(x, weight.to(x.dtype), self.base.bias)
+        # Lean: the same, with ΔW rebuilt in the backward (SinterLinear, below): nothing (out, in) is kept from
+        # the forward to the backward; tests/test_lean.py::test_lean_backward_is_the_plain_one
+        parts = (self.A, self.B, self.scaling, self.amplitude, self.omega)
         if not fused:
-            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(dtype))  # W0 x + bias + ΔW x'
-        # Fused: saves a matmul forward and one backward; tests/test_adapters.py::test_fused_forward_is_the_plain_one
-        weight = self.base.weight + self.delta_weight()  # W0 + s·Sinter(BA): the merged weight, one matmul
-        return F.linear(x, weight.to(x.dtype), self.base.bias)
+            return self.base(x) + SinterLinear.apply(self.dropout(x), dtype, False, self.base.weight, None, *parts)
+        return SinterLinear.apply(x, x.dtype, True, self.base.weight, self.base.bias, *parts)
+
+    lean = True  # False: the plain computation above, kept for the tests and for reading
 
     def delta_weight(self):
         """ΔW = s · Sinter(B A), shaped like base.weight, in float32 (float64 for a float64 adapter) even under autocast."""
@@ -106,6 +115,53 @@ class LoRANLinear(nn.Module):
 
     def extra_repr(self):
         return f"rank={self.rank}, alpha={self.alpha}, amplitude={self.amplitude}, omega={self.omega}"
+
+
+class SinterLinear(torch.autograd.Function):
+    """x ΔWᵀ, or x (W0 + ΔW)ᵀ + bias when fused, with ΔW = s · Sinter(B A) built in float32, as
+    LoRANLinear.forward's plain path computes it, but keeping only x and the factors for the backward, which
+    builds B A again: the (out, in) matrices live one layer at a time instead of every layer's B A, its sine
+    and ΔW waiting for the backward. The gradients are the plain path's: G = gyᵀ x (out, in),
+    g(BA) = s · G ⊙ Sinter'(B A), Sinter'(u) = 1 + λ sin(ω u) + λ ω u cos(ω u), gB = g(BA) Aᵀ, gA = Bᵀ g(BA).
+    tests/test_lean.py::test_lean_backward_is_the_plain_one holds the two equal.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dtype, fused, W0, bias, A, B, s, amplitude, omega):
+        ctx.x_dtype, ctx.fused, ctx.consts = x.dtype, fused, (s, amplitude, omega)
+        x = x.to(dtype)  # as autocast would cast it (nothing new when x is in dtype already)
+        ctx.save_for_backward(x, W0, A, B)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x, SinterLinear.weight(ctx, W0, A, B, dtype)[0], bias if fused else None)
+
+    @staticmethod
+    def weight(ctx, W0, A, B, dtype):
+        """ΔW, or W0 + ΔW when fused, computed in float32 (float64 for a float64 adapter) as delta_weight
+        computes it and rounded once to dtype; and u = B A, ω u and sin(ω u), which the backward needs again."""
+        s, amplitude, omega = ctx.consts
+        f = torch.promote_types(A.dtype, torch.float32)
+        u = B.to(f) @ A.to(f)
+        wu = omega * u
+        sin = torch.sin(wu)
+        out = None if ctx.fused or s != 1 else torch.empty_like(W0, dtype=dtype)  # the last pass rounds into it
+        delta = torch.addcmul(u, u, sin, value=amplitude, out=out)  # sinter(u)
+        delta = delta if s == 1 else s * delta  # s = 1 (alpha = r) multiplies nothing
+        return (W0 + delta if ctx.fused else delta).to(dtype), u, wu, sin
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, W0, A, B = ctx.saved_tensors
+        s, amplitude, omega = ctx.consts
+        f = torch.promote_types(A.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            weight, u, wu, sin = SinterLinear.weight(ctx, W0, A, B, x.dtype)
+            gx = (gy @ weight).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None  # (..., in)
+            G = gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in): ∂L/∂ΔW, in x's dtype
+            G = G if s == 1 else s * G.to(f)  # (a bf16 G is promoted to float32 by the product below)
+            ripple = torch.addcmul(sin, u, torch.cos(wu), value=omega)  # sin(ω u) + ω u cos(ω u)
+            g_u = torch.addcmul(G, G, ripple, value=amplitude)  # s · G ⊙ Sinter'(B A), Sinter' = 1 + λ · ripple
+            gB, gA = g_u @ A.to(f).T, B.to(f).T @ g_u
+        return gx, None, None, None, None, gA, gB, None, None, None
 
 
 def inject(model, rank, *, targets=TARGETS, adapter=LoRANLinear, **kw):

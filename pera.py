@@ -118,10 +118,17 @@ class PERALinear(nn.Module):
         self.train(base.training)  # a layer of a model in eval mode stays in eval mode: no dropout
 
     def forward(self, x):
-        B_hat, A_hat = self.expanded_factors()  # (out, r + P), (r + P, in)
-        B_hat, A_hat = B_hat.to(x.dtype), A_hat.to(x.dtype)
-        # s multiplies the (..., r + P) activation, the narrowest tensor on the path.
-        return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A_hat), B_hat)
+        if not self.lean or self.degree > 2:  # the plain computation
+            B_hat, A_hat = self.expanded_factors()  # (out, r + P), (r + P, in)
+            B_hat, A_hat = B_hat.to(x.dtype), A_hat.to(x.dtype)
+            # s multiplies the (..., r + P) activation, the narrowest tensor on the path.
+            return self.base(x) + F.linear(self.scaling * F.linear(self.dropout(x), A_hat), B_hat)
+        # Lean: the same update with the factors' gradients in closed form (PERAUpdate, below): a third of the
+        # kernels, and none of the float32 (P, in), (out, P) intermediates kept for the backward;
+        # tests/test_lean.py::test_lean_backward_is_the_plain_one
+        return self.base(x) + PERAUpdate.apply(self.dropout(x), self.A, self.B, self.h, self.idx, self.scaling)
+
+    lean = True  # False: the plain computation above, kept for the tests and for reading
 
     def expanded_factors(self):
         """B̂ (out, r + P) and Â (r + P, in), with ΔW = s · B̂ Â: Eq. 9 as two concatenations."""
@@ -176,6 +183,57 @@ class PERALinear(nn.Module):
     def extra_repr(self):
         return (f"rank={self.rank}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, "
                 f"init={self.init!r}, P={len(self.h)}")
+
+
+class PERAUpdate(torch.autograd.Function):
+    """s · (x Âᵀ) B̂ᵀ for degree 2, as PERALinear.forward's plain path computes it, with the gradients of A, B
+    and h in closed form (docs/exercises.md derives h's): with Gₐ = ∂L/∂Â (r + P, in), G_b = ∂L/∂B̂ (out, r + P),
+        ∂L/∂h_p = ⟨Gₐ[r + p], a_i ⊙ a_j⟩,
+        ∂L/∂A = Gₐ[:r] + Σ_p h_p Gₐ[r + p] ⊙ (a_j at row i, a_i at row j),
+        ∂L/∂B = G_b[:, :r] + Σ_p G_b[:, r + p] ⊙ (b_j at column i, b_i at column j).
+    Autograd would run every index_select, product and concatenation backward (index_select ×4, mul ×3, cat ×2,
+    each with its own backward) and keep their float32 (P, in) and (out, P) inputs; this keeps the factors
+    (parameters, alive anyway), Â and B̂ in the activation's dtype, x and x Âᵀ, and gathers each factor once.
+    tests/test_lean.py::test_lean_backward_is_the_plain_one holds the two equal.
+    """
+
+    @staticmethod
+    def forward(ctx, x, A, B, h, idx, s):
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # what the matmuls compute in
+        with torch.autocast(x.device.type, enabled=False):
+            P, ij = idx.shape[1], idx.reshape(-1)  # (2P,): the i's, then the j's
+            A_ij = A.index_select(0, ij).view(2, P, -1)  # a_i and a_j, (2, P, in)
+            B_ij = B.index_select(1, ij).view(B.shape[0], 2, P)  # b_i and b_j, (out, 2, P)
+            # (r + P, in) and (out, r + P), each concatenated straight into the activation's dtype
+            A_hat = torch.cat([A, h[:, None] * (A_ij[0] * A_ij[1])], out=A.new_empty(A.shape[0] + P, A.shape[1], dtype=dtype))
+            B_hat = torch.cat([B, B_ij[:, 0] * B_ij[:, 1]], dim=1, out=B.new_empty(B.shape[0], B.shape[1] + P, dtype=dtype))
+            x_ = x.to(dtype)
+            u = F.linear(x_, A_hat)  # (..., r + P)
+            u = u if s == 1 else s * u  # s = 1 (alpha = r) multiplies nothing
+            ctx.save_for_backward(x_, u, A_hat, B_hat, A, B, h, idx)
+            ctx.s, ctx.x_dtype = s, x.dtype
+            return F.linear(u, B_hat)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, u, A_hat, B_hat, A, B, h, idx = ctx.saved_tensors
+        r, P, f = A.shape[0], idx.shape[1], A.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            gy2 = gy.reshape(-1, gy.shape[-1])  # (tokens, out)
+            g_B_hat = (gy2.T @ u.reshape(-1, u.shape[-1])).to(f)  # (out, r + P)
+            gu = gy @ B_hat  # (..., r + P)
+            gu = gu if ctx.s == 1 else ctx.s * gu
+            g_A_hat = (gu.reshape(-1, gu.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(f)  # (r + P, in)
+            gx = (gu @ A_hat).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+            ij, ji = idx.reshape(-1), idx.flip(0).reshape(-1)  # each index beside its partner
+            A_ji = A.index_select(0, ji).view(2, P, -1)  # a_j and a_i
+            g_terms = g_A_hat[r:] * A_ji  # (2, P, in): ∂L/∂(h_p a_i ⊙ a_j) ⊙ a_j, then ⊙ a_i
+            gh = (g_terms[0, :, None] @ A_ji[1, :, :, None]).view(P)  # ⟨∂L/∂(h_p a_i ⊙ a_j) ⊙ a_j, a_i⟩, batched
+            gA = g_A_hat[:r].index_add(0, ij, (h[:, None] * g_terms).view(2 * P, -1))
+            B_ji = B.index_select(1, ji).view(B.shape[0], 2, P)  # b_j and b_i
+            gB = g_B_hat[:, :r].index_add(1, ij, (g_B_hat[:, None, r:] * B_ji).view(B.shape[0], 2 * P))
+        return gx, gA, gB, gh, None, None
 
 
 @torch.no_grad()

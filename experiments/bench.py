@@ -5,6 +5,8 @@
     python -m experiments.bench --plan --shape llama-3-8b --method pera --micro-batch-size 4      # memory plan, nothing allocated
     python -m experiments.bench --shape smollm2-135m --methods lora,pera --grad-checkpoint        # what checkpointing saves
     python -m experiments.bench --host 170000      # train.py's host work per step;   --load-rss 1.0: loading a checkpoint
+    python -m experiments.bench --costs --batch-size 16 --seq-len 256   # kernel calls per step, bytes kept for the backward
+    python -m experiments.bench --plan-against results/bench-h200-llama-3-8b.json   # the plan of each measured CUDA peak
 
 All variants share one frozen base model (each adapter wraps the same nn.Linear objects) and run
 interleaved in one process, after warm-up rounds, so machine noise hits them alike; each figure is the
@@ -15,6 +17,9 @@ under every method. Peak memory is CUDA's max_memory_allocated, or on a CPU the 
 a separate process that builds the model and runs the variant alone. Inference is a prefill (the batch
 through the model, logits at the last position, no_grad) with each adapter merged, against the model
 without adapters.
+
+"hira-plain", "hilora-plain", "pera-plain", "loran-plain" are those methods' plain computations (the class's
+`lean = False`), to time each lean path against the computation it replaces.
 
 "hilora" at rank r is HiLoRA with r1 = r − r//2, r2 = r//2 (2 + 2 at r = 4: LoRA's parameters at r); its row also
 gives its step as a multiple of HiRA's at r1 plus LoRA's at r2 less the frozen model's, when those ran too
@@ -67,7 +72,11 @@ SHAPES = {
 }
 VARIANTS = {"none": ("none", {}), "lora": ("lora", {}), "hira": ("hira", {}), "pera": ("pera", {}),
             "pera-square": ("pera", {"terms": "square"}), "pera-cross": ("pera", {"terms": "cross"}),
-            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {}), "hilora": ("hilora", {})}
+            "dora": ("dora", {}), "dora-peft": ("dora-peft", {}), "loran": ("loran", {}), "hilora": ("hilora", {}),
+            # each method's plain computation, where it has a lean one beside it (the class's `lean = False`)
+            "hira-plain": ("hira", {"lean": False}), "hilora-plain": ("hilora", {"lean": False}),
+            "pera-plain": ("pera", {"lean": False}), "loran-plain": ("loran", {"lean": False})}
+DEFAULT_METHODS = [m for m in VARIANTS if not m.endswith("-plain")]
 
 
 class PeftDoRALinear(dora.DoRALinear):
@@ -110,7 +119,7 @@ def parse_args(argv=None):
     where.add_argument("--model", help="a Hugging Face model folder")
     where.add_argument("--shape", choices=list(SHAPES), help="a public model's shape, randomly initialised")
     p.add_argument("--layers", type=cli.POSITIVE_INT, default=None, help="keep only the first N layers")
-    p.add_argument("--methods", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--ranks", default="4,16")
     p.add_argument("--targets", default=",".join(adapters.DEFAULT_TARGETS))
     p.add_argument("--batch-size", type=cli.POSITIVE_INT, default=8)
@@ -134,13 +143,20 @@ def parse_args(argv=None):
     p.add_argument("--json", help="also write the results to this file")
     plan = p.add_argument_group("memory planner (--plan): what one training step needs, by part, without weights")
     plan.add_argument("--plan", action="store_true", help="plan the memory of a train.py run instead of measuring")
-    plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in VARIANTS if m != 'none')}")
+    plan.add_argument("--method", default="pera", help=f"one of {', '.join(m for m in DEFAULT_METHODS if m != 'none')}")
     plan.add_argument("--rank", type=cli.POSITIVE_INT, default=16)
     plan.add_argument("--micro-batch-size", type=cli.POSITIVE_INT, default=None,
                       help="examples per forward (default: --batch-size)")
     plan.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="as train.py's --precision")
     plan.add_argument("--dropout", type=cli.DROPOUT, default=None, help="adapter dropout (default: train.py's)")
     plan.add_argument("--measure", action="store_true", help="also run the step for real on this CPU and compare")
+    plan.add_argument("--plan-against", metavar="FILES", help="comma-separated benchmark JSON files measured on CUDA: "
+                      "plan each of their rows under the settings it ran with, beside its measured peak")
+    plan.add_argument("--costs", action="store_true", help="the two CPU proxies for every method at --ranks: kernel "
+                      "calls per training step, and bytes saved for the backward and the planned peak at the "
+                      "Llama-3.2-1B and Llama-3-8B shapes (micro-batch --batch-size x --seq-len)")
+    plan.add_argument("--count-layers", type=cli.POSITIVE_INT, default=16,
+                      help="--costs: blocks of the tiny model whose kernel calls are counted (16: Llama-3.2-1B's)")
     plan.add_argument("--plan-grid", action="store_true", help="which methods fit on 24/48/80 GB for the papers' "
                       "7-8B models at --rank, batch 16, micro-batch 1-16, with and without checkpointing")
     other = p.add_argument_group("host work and loading")
@@ -153,8 +169,8 @@ def parse_args(argv=None):
     if args.clock == "cpu" and args.device != "cpu":
         p.error("--clock cpu times CPU runs only")
     args.methods = args.methods.split(",")
-    if (args.plan or args.plan_grid) and (args.method not in VARIANTS or args.method == "none"):
-        p.error(f"--method {args.method}: choose from {', '.join(m for m in VARIANTS if m != 'none')}")
+    if (args.plan or args.plan_grid) and (args.method not in DEFAULT_METHODS or args.method == "none"):
+        p.error(f"--method {args.method}: choose from {', '.join(m for m in DEFAULT_METHODS if m != 'none')}")
     args.micro_batch_size = args.micro_batch_size or args.batch_size
     if args.loss_tokens >= args.seq_len:
         p.error(f"--loss-tokens ({args.loss_tokens}) must be below --seq-len ({args.seq_len}): each predicts the next token")
@@ -214,7 +230,10 @@ def make_adapters(model, method, rank, kw, targets):
     torch.manual_seed(rank)
     cls = REFERENCES.get(method) or adapters.METHODS[method]
     rank, kw = split(method, rank, kw)
+    lean, kw = kw.get("lean", True), {k: v for k, v in kw.items() if k != "lean"}
     layers = {name: cls(module, rank, **kw) for name, module in base_layers(model, targets).items()}
+    for layer in layers.values() if not lean else ():
+        layer.lean = False
     with torch.no_grad():  # a trained-looking adapter, not the zero update of a fresh one
         for layer in layers.values():
             for p in layer.parameters():
@@ -358,21 +377,23 @@ def fake_model(args, config, layers=None):
 
 
 def traced_activations(args, config, layers):
-    """Peak bytes of one micro-batch's forward and backward, less the adapter's gradients alive at that peak."""
+    """Peak bytes of one micro-batch's forward and backward, less the adapter's gradients alive at that peak,
+    and the bytes its forward saved for the backward."""
     with FakeTensorMode():
         model = fake_model(args, config, layers)
         own = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
         ids = torch.randint(0, config.vocab_size, (args.micro_batch_size, args.seq_len))
         k = args.loss_tokens or args.seq_len - 1
-        tracker = LiveBytes(ignore=own)
+        tracker, saved = LiveBytes(ignore=own), SavedBytes(ignore=own)
         with tracker:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"), saved.hooks():
                 h = model.hidden(ids)[:, -k - 1:-1]  # (B, k, d): the positions with a loss, as train.py's loss_sum
                 logits = model.logits(h.reshape(-1, h.size(-1))).float()  # (B k, vocab)
                 loss = F.cross_entropy(logits, ids[:, -k:].reshape(-1), reduction="sum")
             (loss / logits.size(0)).backward()
         grads = {p.grad.untyped_storage()._cdata for p in model.parameters() if p.grad is not None}
-        return tracker.peak - sum(n for key, (ref, n) in tracker.at_peak.items() if key in grads and not ref.expired())
+        peak = tracker.peak - sum(n for key, (ref, n) in tracker.at_peak.items() if key in grads and not ref.expired())
+        return peak, saved.bytes
 
 
 def plan(args, micro_batches=None, traced=None) -> dict:
@@ -386,8 +407,8 @@ def plan(args, micro_batches=None, traced=None) -> dict:
               for L in (1, 2) for b in (1, 2)}
         plans = []
         for b in micro_batches:
-            one = at[1, 1] + (b - 1) * (at[1, 2] - at[1, 1])
-            two = at[2, 1] + (b - 1) * (at[2, 2] - at[2, 1])
+            one = tuple(p + (b - 1) * (q - p) for p, q in zip(at[1, 1], at[1, 2]))
+            two = tuple(p + (b - 1) * (q - p) for p, q in zip(at[2, 1], at[2, 2]))
             plans.append(plan(argparse.Namespace(**{**vars(args), "micro_batch_size": b}), traced=(one, two)))
         return plans
     with FakeTensorMode():
@@ -397,7 +418,7 @@ def plan(args, micro_batches=None, traced=None) -> dict:
         weight_bytes = sum(p.numel() * p.element_size() for p in frozen)
         n_trainable = sum(p.numel() for p in trainable)
         trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    one, two = traced or (traced_activations(args, config, 1), traced_activations(args, config, 2))
+    (one, saved_one), (two, saved_two) = traced or (traced_activations(args, config, 1), traced_activations(args, config, 2))
     activation_bytes = one + (config.num_hidden_layers - 1) * (two - one)
     parts = {"weight_bytes": weight_bytes, "trainable_params": n_trainable, "trainable_bytes": trainable_bytes,
              "grad_bytes": trainable_bytes,  # float32, like the parameters
@@ -405,6 +426,7 @@ def plan(args, micro_batches=None, traced=None) -> dict:
              "activation_bytes": activation_bytes}
     parts["total_bytes"] = weight_bytes + adapters.STATE_BYTES * n_trainable + activation_bytes  # as adapters.check_fits
     parts["activation_bytes_per_layer"] = two - one
+    parts["saved_bytes"] = saved_one + (config.num_hidden_layers - 1) * (saved_two - saved_one)  # kept for the backward
     return parts
 
 
@@ -471,6 +493,156 @@ def _measure_probe(arg_dict, warm_up=True):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return (rss_kb("VmHWM") - before) * 1024
+
+
+# -----------------------------------------------------------------------------
+# Two exact proxies for what a step costs on a GPU, counted on a CPU. A small model on a GPU runs as fast as
+# the host issues kernels, so the first is the number of operator calls that launch one in a training step;
+# the second is what the forward keeps for the backward, the part of the peak that a method's design decides.
+
+COUNT_CONFIG = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                    num_key_value_heads=2)  # LLaMA-shaped and tiny: the count does not depend on the widths
+NO_KERNEL = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default, torch.ops.aten.new_empty.default,
+             torch.ops.aten.new_empty_strided.default, torch.ops.aten.empty_like.default,  # allocation only
+             torch.ops.aten._unsafe_view.default}  # a view that autograd does not track as one
+
+
+class KernelCalls(TorchDispatchMode):
+    """Counts the aten operator calls that run a kernel: every call below autograd (the backward's too) but
+    views and metadata (a view, a transpose, a detach: no kernel), bare allocations, the profiler's markers,
+    and calls on `host` tensors only (AdamW's step counters, which stay on the CPU when the model is on CUDA)."""
+
+    def __init__(self, host=()):
+        super().__init__()
+        self.host, self.calls = {t.untyped_storage()._cdata for t in host}, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        on_host = tensors and all(t.untyped_storage()._cdata in self.host for t in tensors)
+        out = func(*args, **(kwargs or {}))
+        no_tensor = not tensors and not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0])  # promote_types
+        if not (func.is_view or func in NO_KERNEL or func.namespace != "aten" or on_host or no_tensor):
+            name = str(func.overloadpacket).removeprefix("aten.")
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return out
+
+
+def kernel_calls(method, rank, layers=16, kw=None, targets=adapters.DEFAULT_TARGETS):
+    """{aten op: calls} in one training step as a GPU runs train.py's: the frozen base in bf16 under bf16
+    autocast, adapters and AdamW in float32, AdamW's foreach form (CUDA's default), no dropout (as the
+    benchmark's steps), on a tiny LLaMA-shaped model of `layers` blocks. The second step is counted: the
+    first also creates AdamW's state."""
+    args = argparse.Namespace(targets=list(targets))
+    torch.manual_seed(0)
+    model = Transformer(Config(**COUNT_CONFIG, num_hidden_layers=layers)).to(torch.bfloat16).requires_grad_(False)
+    v = Variant(model, method, method, rank, dict(VARIANTS[method][1], **(kw or {})), args)
+    if v.optimizer is not None:
+        v.optimizer = torch.optim.AdamW(v.params, lr=1e-4, foreach=True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, COUNT_CONFIG["vocab_size"], (2, 16), generator=g)
+    labels = ids.clone()
+    labels[:, :-4] = -100
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the count is the same; on a busy machine one thread is much faster
+    try:
+        training_step(model, v, ids, labels, autocast)
+        steps = [s["step"] for s in v.optimizer.state.values()] if v.optimizer is not None else []
+        with KernelCalls(host=steps) as counter:
+            training_step(model, v, ids, labels, autocast)
+    finally:
+        torch.set_num_threads(threads)
+    return counter.calls
+
+
+class SavedBytes:
+    """Bytes of the distinct storages that autograd keeps for the backward (saved_tensors_hooks), less the
+    model's own parameters and buffers, which live anyway."""
+
+    def __init__(self, ignore=()):
+        self.ignore, self.kept, self.bytes = set(ignore), {}, 0
+
+    def pack(self, t):
+        storage = t.untyped_storage()
+        key, ref = storage._cdata, self.kept.get(storage._cdata)
+        if key not in self.ignore and (ref is None or ref.expired()):  # a storage seen once (an address reused: anew)
+            self.kept[key] = StorageWeakRef(storage)  # weak: the backward still frees what it is done with
+            self.bytes += storage.nbytes()
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+
+COST_METHODS = ("lora", "hira", "hilora", "pera", "dora", "loran")
+COST_SHAPES = ("llama-3.2-1b", "llama-3-8b")
+
+
+def costs(args):
+    """The two proxies for every method at every rank: kernel calls per step (a tiny model --count-layers deep)
+    and, at the Llama-3.2-1B and Llama-3-8B shapes, the bytes saved for the backward and the planned peak of
+    one micro-batch of --batch-size x --seq-len, no dropout (as the benchmark's steps), no checkpointing."""
+    rows = []
+    specs = [("none", 0)] + [(m, r) for r in args.ranks for m in COST_METHODS]
+    for method, rank in tqdm(specs, desc="costs"):
+        calls = kernel_calls(method, rank, layers=args.count_layers)
+        row = {"method": method, "rank": rank, "kernel_calls": sum(calls.values()), "calls_by_op": calls}
+        for shape in COST_SHAPES if method != "none" else ():
+            a = argparse.Namespace(**{**vars(args), "shape": shape, "model": None, "layers": None, "method": method,
+                                      "rank": rank, "micro_batch_size": args.batch_size, "dropout": 0.0,
+                                      "grad_checkpoint": False})
+            parts = plan(a)
+            row[shape] = {"saved_bytes": parts["saved_bytes"], "total_bytes": parts["total_bytes"]}
+        rows.append(row)
+    lora = {r["rank"]: r for r in rows if r["method"] == "lora"}
+    gib = lambda n: n / 2 ** 30  # noqa: E731
+    print(f"Kernel-launching operator calls per training step (bf16 autocast, AdamW foreach, {args.count_layers} "
+          f"blocks); bytes saved for the backward and planned peak, bf16, micro-batch {args.batch_size} x "
+          f"{args.seq_len}, no dropout:")
+    print("| method | r | kernel calls | × LoRA | " + " | ".join(
+        f"{s} saved GiB (× LoRA) | {s} peak GiB (× LoRA)" for s in COST_SHAPES) + " |")
+    print("|---|---|---|---|" + "---|---|" * len(COST_SHAPES))
+    for r in rows:
+        ref = lora.get(r["rank"])
+        r["calls_vs_lora"] = r["kernel_calls"] / ref["kernel_calls"] if ref else None
+        cells = []
+        for shape in COST_SHAPES:
+            if shape not in r:
+                cells += ["-", "-"]
+                continue
+            for key in ("saved_bytes", "total_bytes"):
+                r[shape][key.replace("bytes", "vs_lora")] = ratio = r[shape][key] / ref[shape][key]
+                cells.append(f"{gib(r[shape][key]):.2f} ({ratio:.3f})")
+        print(f"| {r['method']} | {r['rank'] or '-'} | {r['kernel_calls']:,} | "
+              f"{'-' if r['calls_vs_lora'] is None else format(r['calls_vs_lora'], '.3f')} | {' | '.join(cells)} |")
+    return {"rows": rows, "count_layers": args.count_layers}
+
+
+def plan_against(args, files):
+    """The plan of every row of measured benchmark files (CUDA peaks) under the settings each was run with."""
+    rows = []
+    for file in files:
+        with cli.user_input():
+            measured = json.loads(Path(file).read_text())
+        a = measured["args"]
+        for row in measured["rows"]:
+            method = row["method"]
+            if method == "none" or method not in VARIANTS or not row.get("peak_mb") or "+ckpt" in method:
+                continue
+            spec = argparse.Namespace(**{**vars(args), "shape": a["shape"], "model": None, "layers": a.get("layers"),
+                                         "method": method, "rank": row["rank"], "batch_size": a["batch_size"],
+                                         "micro_batch_size": a["batch_size"], "seq_len": a["seq_len"],
+                                         "loss_tokens": a["loss_tokens"], "targets": a["targets"],
+                                         "precision": "bf16", "dropout": 0.0, "grad_checkpoint": False})
+            planned = plan(spec)["total_bytes"]
+            rows.append({"file": Path(file).name, "shape": a["shape"], "method": method, "rank": row["rank"],
+                         "planned_bytes": planned, "measured_bytes": row["peak_mb"] * 2 ** 20,
+                         "planned_vs_measured": planned / (row["peak_mb"] * 2 ** 20)})
+    print("| shape | method | r | planned GiB | measured GiB | planned / measured |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['method']} | {r['rank']} | {r['planned_bytes'] / 2 ** 30:.2f} | "
+              f"{r['measured_bytes'] / 2 ** 30:.2f} | {r['planned_vs_measured']:.3f} |")
+    return {"rows": rows}
 
 
 def print_plan(args, parts):
@@ -634,6 +806,11 @@ def main(argv=None):
     args.targets = args.targets.split(",")
     if args.plan_grid:
         result = plan_grid(args)
+        if args.json:
+            adapters.write_json(args.json, {"args": vars(args), **result})
+        return result
+    if args.costs or args.plan_against:
+        result = costs(args) if args.costs else plan_against(args, args.plan_against.split(","))
         if args.json:
             adapters.write_json(args.json, {"args": vars(args), **result})
         return result

@@ -75,7 +75,7 @@ def test_planned_memory_is_within_15_percent_of_the_measured_peak(extra):
     print(f"{extra}: planned {parts['total_bytes'] / 2 ** 20:.0f} MiB, measured {measured / 2 ** 20:.0f} MiB")
     assert parts["total_bytes"] == (parts["weight_bytes"] + parts["trainable_bytes"] + parts["grad_bytes"]
                                     + parts["optimizer_bytes"] + parts["activation_bytes"])
-    assert parts["activation_bytes"] > 0.3 * parts["total_bytes"]  # a test of the activations, not of the weights
+    assert parts["activation_bytes"] > 0.25 * parts["total_bytes"]  # a test of the activations, not of the weights
     assert abs(parts["total_bytes"] / measured - 1) < 0.15
 
 
@@ -136,3 +136,57 @@ def test_peft_dora_variant_is_dora_computed_the_peft_way():
     bench.install(model, bench.base_layers(model, args.targets))
     assert (outputs[0] - outputs[1]).abs().max() < 1e-5 * outputs[1].abs().max()
     assert (grads[0] - grads[1]).abs().max() < 1e-4 * grads[1].abs().max()
+
+
+# -----------------------------------------------------------------------------
+# The two CPU proxies for a GPU's cost, pinned: a change that adds a kernel to a training step, or keeps more
+# for the backward, fails here and must update these numbers on purpose (docs/bench.md, "Kernel calls and
+# saved bytes", has them at the real models' depth and shapes).
+
+def test_kernel_calls_count_operators_that_run_and_not_views():
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(8, 3)
+    with bench.KernelCalls() as counter:
+        y = x.view(8, 4).t().reshape(4, 8)  # views: no kernel
+        loss = (y @ w).sum()  # mm, sum
+        loss.backward()  # ones_like (the seed), expand (a view), mm (x's gradient only: w needs none)
+    assert counter.calls == {"mm": 2, "sum": 1, "ones_like": 1}, counter.calls
+
+
+def test_saved_bytes_count_each_storage_kept_for_the_backward_once():
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(8, 8))
+    saved = bench.SavedBytes(ignore=[w.untyped_storage()._cdata])
+    with saved.hooks():
+        y = x.sin()  # keeps x: 128 bytes
+        z = (y @ w).exp()  # mm keeps y (128) and w (a parameter: not counted); exp keeps its output (128)
+        (z * x).sum().backward()  # keeps z and x again (x already counted)
+    assert saved.bytes == 3 * 4 * 8 * 4  # x, y, z: float32 (4, 8) each
+
+
+# Kernel calls of one training step (bf16 autocast, AdamW foreach, no dropout), one block of the tiny model.
+KERNEL_CALLS = {("none", 0): 131, ("lora", 4): 197, ("hira", 4): 186, ("hilora", 4): 203, ("pera", 4): 257,
+                ("dora", 4): 342, ("loran", 4): 217, ("lora", 16): 197, ("hira", 16): 186, ("hilora", 16): 203,
+                ("pera", 16): 257, ("dora", 16): 342, ("loran", 16): 217}
+
+
+@pytest.mark.parametrize("method,rank", list(KERNEL_CALLS), ids=[f"{m}-r{r}" for m, r in KERNEL_CALLS])
+def test_kernel_calls_per_training_step_are_pinned(method, rank):
+    calls = bench.kernel_calls(method, rank, layers=1)
+    assert sum(calls.values()) == KERNEL_CALLS[method, rank], sorted(calls.items())
+
+
+# Bytes saved for the backward by one block of stories260K's shape (64 wide, MLP 172), bf16, 1 x 8 tokens:
+# few tokens, so that anything sized like a weight (out, in) would stand out against the activations.
+SAVED_BYTES = {("lora", 4): 34180, ("hira", 4): 29060, ("hilora", 4): 29060, ("pera", 4): 53156,
+               ("dora", 4): 42188, ("loran", 4): 29060, ("lora", 16): 49540, ("hira", 16): 29060,
+               ("hilora", 16): 29060, ("pera", 16): 292868, ("dora", 16): 57548, ("loran", 16): 29060}
+
+
+@pytest.mark.parametrize("method,rank", list(SAVED_BYTES), ids=[f"{m}-r{r}" for m, r in SAVED_BYTES])
+def test_bytes_saved_for_the_backward_are_pinned(method, rank):
+    args = bench.parse_args(["--plan", "--model", str(fixture("models", "stories260K")), "--method", method, "--rank",
+                             str(rank), "--batch-size", "1", "--seq-len", "8", "--loss-tokens", "4", "--dropout", "0"])
+    args.targets = args.targets.split(",")
+    _, saved = bench.traced_activations(args, bench.plan_config(args), 1)
+    assert saved == SAVED_BYTES[method, rank]
