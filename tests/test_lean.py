@@ -19,7 +19,7 @@ PRECISIONS = [(torch.float64, False, 1e-12), (torch.float32, False, 1e-6), (torc
 def make(method, kw, dtype, dropout, out_features=20, in_features=24, bias=True):
     torch.manual_seed(0)
     base = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
-    layer = adapters.CLASSES[method](base, 4, dropout=dropout, **kw)
+    layer = adapters.METHODS[method](base, 4, dropout=dropout, **kw)
     with torch.no_grad():
         for p in layer.parameters():
             if p.requires_grad:
