@@ -14,6 +14,7 @@ import torch.nn.functional as F
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 TERMS = ("all", "square", "cross")
 INITS = ("code", "paper")
+COEFFICIENTS = ("trained", "multinomial")
 
 
 def pairs(r, terms="all"):
@@ -52,7 +53,7 @@ class PERALinear(nn.Module):
     Derivations and measurements: docs/methods.md#pera
     """
 
-    def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2, init="code"):
+    def __init__(self, base, rank, alpha=None, dropout=0.0, terms="all", degree=2, init="code", coefficients="trained"):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"PERALinear wraps an nn.Linear, got {type(base).__name__}")
@@ -66,6 +67,8 @@ class PERALinear(nn.Module):
             raise ValueError(f"degree must be an integer >= 2 (degree 1 is LoRA: use lora.py), got {degree!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if coefficients not in COEFFICIENTS:
+            raise ValueError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
         if terms == "cross" and rank == 1:
             raise ValueError("terms='cross' with rank 1 keeps no terms: cross terms need two distinct indices")
         self.base = base.requires_grad_(False)
@@ -75,6 +78,7 @@ class PERALinear(nn.Module):
         self.terms = terms
         self.degree = degree
         self.init = init
+        self.coefficients = coefficients
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
         w = base.weight
@@ -83,6 +87,8 @@ class PERALinear(nn.Module):
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
         self._idx = None  # the terms' indices, built by `idx` on A's device
         self.h = nn.Parameter(torch.zeros(self.idx.shape[1], device=w.device, dtype=dtype))  # (P,), in idx's order
+        if coefficients == "multinomial":  # the authors' first version: fixed coefficients, ΔW = s Σ_m (B A)^⊙m
+            self.h.requires_grad_(False).copy_(multinomial(self.idx, rank))
         if init == "code":  # the authors' code, LoRA's init: ΔW = 0 because B = 0
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         else:  # the paper's text: ΔW = 0 because A = 0
@@ -261,6 +267,19 @@ def merge(model):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.merged())
     return model
+
+
+def multinomial(idx, r):
+    """m! / Π_i c_i! for each term (a column of idx, indices padded with r): the coefficient of its monomial in
+    (Σ_i x_i)^m. With them PERA's sum is Σ_{m=2..k} (B A)^⊙m (docs/methods.md#pera): 1 for a square, 2 for a pair."""
+    coefficients = []
+    for term in idx.T.tolist():
+        kept = [i for i in term if i != r]
+        c = math.factorial(len(kept))
+        for i in set(kept):
+            c //= math.factorial(kept.count(i))
+        coefficients.append(float(c))
+    return torch.tensor(coefficients)
 
 
 # ---------------------------------------------------------------------------------------------------
