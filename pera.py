@@ -15,6 +15,7 @@ import torch.nn.functional as F
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 TERMS = ("all", "square", "cross")
 INITS = ("code", "paper")
+COEFFICIENTS = ("trained", "multinomial")
 
 
 def pairs(r, terms="all"):
@@ -68,14 +69,17 @@ class PERALinear(nn.Module):
     # What the tools know of PERA (support/adapters.py reads it; the layer itself needs none of it): the range of
     # each setting, train.py's defaults, and the file, in PEFT's style (PEFT has no PERA).
     settings = {"rank": "int >= 1", "alpha": "nonzero", "dropout": "[0, 1)", "terms": TERMS, "degree": "int >= 2",
-                "init": INITS, "h_lr_ratio": "> 0"}
+                "init": INITS, "h_lr_ratio": ">= 0",
+                "coefficients": COEFFICIENTS}
     defaults = {"lr": 1e-4, "dropout": 0.05}  # the PERA paper's
     peft_type, peft_constants = "PERA", {}
     peft_fields = {"r": "rank", "pera_alpha": "alpha", "pera_dropout": "dropout", "terms": "terms", "degree": "degree",
-                   "init": "init", "h_lr_ratio": "h_lr_ratio"}
+                   "init": "init", "h_lr_ratio": "h_lr_ratio",
+                   "coefficients": "coefficients"}
     tensor_keys = {"A": "pera_A", "B": "pera_B", "h": "pera_h"}
 
-    def __init__(self, base, rank, *, alpha=None, dropout=0.0, terms="all", degree=2, init="code", h_lr_ratio=1.0):
+    def __init__(self, base, rank, *, alpha=None, dropout=0.0, terms="all", degree=2, init="code", h_lr_ratio=1.0,
+                 coefficients="trained"):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"PERALinear wraps an nn.Linear, got {type(base).__name__}")
@@ -91,10 +95,12 @@ class PERALinear(nn.Module):
             raise ValueError(f"degree must be an integer >= 2 (degree 1 is LoRA: use lora.py), got {degree!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if coefficients not in COEFFICIENTS:
+            raise ValueError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
         if terms == "cross" and rank == 1:
             raise ValueError("terms='cross' with rank 1 keeps no terms: cross terms need two distinct indices")
-        if not (isinstance(h_lr_ratio, numbers.Real) and math.isfinite(h_lr_ratio) and h_lr_ratio > 0):
-            raise ValueError(f"h_lr_ratio must be a finite number > 0, got {h_lr_ratio!r}")
+        if not (isinstance(h_lr_ratio, numbers.Real) and math.isfinite(h_lr_ratio) and h_lr_ratio >= 0):
+            raise ValueError(f"h_lr_ratio must be a finite number >= 0 (0: h stays at its init), got {h_lr_ratio!r}")
         self.base = base.requires_grad_(False)
         self.rank = rank = int(rank)  # r in the papers
         self.alpha = rank if alpha is None else alpha
@@ -103,6 +109,7 @@ class PERALinear(nn.Module):
         self.degree = degree = int(degree)
         self.init = init
         self.lr_ratios = {"h": float(h_lr_ratio)}  # h's learning rate is h_lr_ratio × A's and B's (the PERA study)
+        self.coefficients = coefficients
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
         w = base.weight
@@ -111,6 +118,8 @@ class PERALinear(nn.Module):
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=dtype))
         self._idx = None  # the terms' indices, built by `idx` on A's device
         self.h = nn.Parameter(torch.zeros(n_terms(rank, terms, degree), device=w.device, dtype=dtype))  # (P,), idx's order
+        if coefficients == "multinomial":  # the authors' first version: fixed coefficients, ΔW = s Σ_m (B A)^⊙m
+            self.h.requires_grad_(False).data.copy_(multinomial(rank, terms, degree))
         if init == "code":  # the authors' code, LoRA's init: ΔW = 0 because B = 0
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         else:  # the paper's text: ΔW = 0 because A = 0
@@ -309,6 +318,20 @@ def merge(model):
     for name in [n for n, m in model.named_modules() if isinstance(m, PERALinear)]:
         model.set_submodule(name, model.get_submodule(name).merged())
     return model
+
+
+def multinomial(r, terms, degree):
+    """m! / Π_i c_i! for each term, in h's order: the coefficient of its monomial in (Σ_i x_i)^m. With them and
+    terms="all", PERA's sum is Σ_{m=2..k} (B A)^⊙m (docs/methods.md#pera): 1 for a square, 2 for a pair."""
+    idx = pairs(r, terms) if degree == 2 else degree_k_indices(r, terms, degree)  # (degree, P), padded with r
+    coefficients = []
+    for term in idx.T.tolist():
+        kept = [i for i in term if i != r]
+        c = math.factorial(len(kept))
+        for i in set(kept):
+            c //= math.factorial(kept.count(i))
+        coefficients.append(float(c))
+    return torch.tensor(coefficients)
 
 
 # ---------------------------------------------------------------------------------------------------

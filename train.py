@@ -62,8 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--degree", type=cli.Number(int, low=2), default=2, help="PERA's polynomial degree")
     p.add_argument("--init", choices=["code", "paper"], default="code",
                    help="PERA's init: the authors' code (A Kaiming, B = 0) or the paper's text (A = 0, B Gaussian)")
-    p.add_argument("--h-lr-ratio", type=cli.POSITIVE, default=1.0,
-                   help="PERA: h's learning rate is this times --lr (its own AdamW group, same schedule)")
+    p.add_argument("--h-lr-ratio", type=cli.NON_NEGATIVE, default=1.0,
+                   help="PERA: h's learning rate is this times --lr (its own AdamW group, same schedule; 0 keeps h "
+                        "at 0: PERA's init then trains LoRA's update)")
     p.add_argument("--pera-log-every", type=cli.POSITIVE_INT, default=5,
                    help="PERA: log the polynomial share, max |h| and h's gradient norm every N steps (and at the "
                         "last); one record costs 0.5-1.3 %% of a SmolLM2-135M step (study.py log-cost)")
@@ -271,7 +272,8 @@ def optimizer_groups(model, args):
 
 def h_grad_norm(layers):
     """‖∂L/∂h‖ over every PERA layer's h, as one vector (before clipping)."""
-    return torch.linalg.vector_norm(torch.stack([layer.h.grad.norm() for layer in layers])).item()
+    norms = [layer.h.grad.norm() for layer in layers if layer.h.grad is not None]  # fixed coefficients: no grad
+    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else None
 
 
 @torch.no_grad()

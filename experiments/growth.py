@@ -23,6 +23,15 @@ and divides the bound by its slack over the share measured at the run's last log
 itself. Every one of these is an assumption, listed with the result; the interval is the fits' 95 %
 (ordinary least squares; the logged points are correlated, so it is narrower than the truth) widened to
 cover the fit on the run's last half alone.
+
+The seeds leave the paper's recipe open (lr 1e-4 in PERA's text, 2e-4 in HiRA's table, 1e-3 in HiRA's §5.2;
+batch 16 or HiRA's 32, i.e. half the steps; the authors' code init or the paper's), and that spread is
+wider than the fits' intervals. --range puts every variant into one table, one row per recipe and per log
+given (a log's init is read from its args.json), with two ceilings beside each prediction: the bound
+itself, without the run's slack, and the worst case for h, max|h| = h's cumulative learning rate (AdamW
+moves a parameter by at most about its learning rate a step), divided by the slack:
+    python -m experiments.growth --range results/study/epoch/pera/log.jsonl --json results/study/epoch/range.json \\
+        --md results/study/epoch/range.md
 """
 import argparse
 import json
@@ -133,6 +142,40 @@ def growth(path, paper=PAPER):
     }
 
 
+RECIPES = [(lr, batch) for batch in (16, 32) for lr in (1e-4, 2e-4, 1e-3)]  # the paper's steps at batch 16: 31,900
+
+
+def prediction_range(logs, paper=PAPER):
+    """One row per (log, lr, batch): the predicted share with its 95 % and the two ceilings (docstring above)."""
+    rows = []
+    for path in logs:
+        init = json.loads((Path(path).parent / "args.json").read_text()).get("init", "code")
+        for lr, batch in RECIPES:
+            p = growth(path, dict(paper, lr=lr, steps=round(paper["steps"] * 16 / batch)))["paper"]
+            h_worst = p["cumulative_lr"] * p["h_lr_ratio"]
+            rows.append({"run": str(path), "init": init, "lr": lr, "batch": batch, "steps": p["steps"],
+                         "cumulative_lr": p["cumulative_lr"], "h_max": p["h_max"][0], "share": p["share"],
+                         "bound": p["bound"][0], "h_worst": h_worst,
+                         "share_h_worst": p["bound"][0] / p["h_max"][0] * h_worst / p["slack"]})
+    return rows
+
+
+def range_markdown(rows):
+    """The range table docs/study.md shows, widest row last."""
+    lines = ["| init | lr | batch (steps) | S | max \\|h\\| (fit) | **share** (95 %) | ceiling: the bound, no slack "
+             "| ceiling: max \\|h\\| = h's S |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["share"][1], r["share"][2]
+        lines.append(f"| {r['init']} | {r['lr']:g} | {r['batch']} ({r['steps']:,}) | {r['cumulative_lr']:.3g} | "
+                     f"{r['h_max']:.3g} | **{r['share'][0]:.1e}** ({lo:.1e} – {hi:.1e}) | {r['bound']:.1e} | "
+                     f"{r['share_h_worst']:.1e} (\\|h\\| ≤ {r['h_worst']:.3g}) |")
+    shares = [v for r in rows for v in r["share"]]
+    lines += ["", f"Predicted share over every row: {min(shares):.1e} – {max(shares):.1e}; the ceilings reach "
+              f"{max(r['bound'] for r in rows):.1e} (the bound) and {max(r['share_h_worst'] for r in rows):.1e} "
+              f"(the worst case for h)."]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(g):
     """The growth exponents and the prediction as the tables docs/study.md shows."""
     lines = [f"Run: `{g['run']}` (rank {g['rank']}, lr {g['lr']:g}, {g['steps']} steps, S = {g['cumulative_lr']:.3f})",
@@ -178,7 +221,9 @@ def plot(g, records, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("log", help="a PERA run's log.jsonl (its args.json beside it)")
+    p.add_argument("log", nargs="+", help="a PERA run's log.jsonl (its args.json beside it); several with --range")
+    p.add_argument("--range", action="store_true", help="the prediction over the recipes the seeds leave open, "
+                   "one table for every log given; --json and --md then write it")
     for key, value in PAPER.items():
         p.add_argument(f"--paper-{key.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--json", default=None)
@@ -186,15 +231,25 @@ def main(argv=None):
     p.add_argument("--svg", default=None)
     args = p.parse_args(argv)
     paper = {k: getattr(args, f"paper_{k}") for k in PAPER}
+    if len(args.log) > 1 and not args.range or args.range and args.svg:
+        p.error("several logs, and no --svg, go with --range")
     with cli.user_input():  # a log or args.json that is missing or not train.py's
-        g = growth(args.log, paper)
+        if args.range:
+            rows = prediction_range(args.log, paper)
+            print(range_markdown(rows))
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            if args.md:
+                Path(args.md).write_text(range_markdown(rows))
+            return rows
+        g = growth(args.log[0], paper)
         print(markdown(g))
         if args.json:
             Path(args.json).write_text(json.dumps(g, indent=1) + "\n")
         if args.md:
             Path(args.md).write_text(markdown(g))
         if args.svg:
-            plot(g, read_log(args.log), args.svg)
+            plot(g, read_log(args.log[0]), args.svg)
     return g
 
 

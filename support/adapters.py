@@ -41,7 +41,7 @@ METHODS = {  # --method -> the adapter class, which describes its method to the 
 DEFAULT_TARGETS = lora.TARGETS  # the same tuple in all five adapter files (tests/test_shared_parts.py)
 # The ranges the classes' `settings` name, as the checks of a flag or of a file's field (a tuple: the choices)
 RANGES = {"int >= 0": cli.COUNT, "int >= 1": cli.POSITIVE_INT, "int >= 2": cli.Number(int, low=2),
-          "> 0": cli.POSITIVE, "finite": cli.FINITE, "nonzero": cli.NONZERO, "[0, 1)": cli.DROPOUT}
+          "> 0": cli.POSITIVE, ">= 0": cli.NON_NEGATIVE, "finite": cli.FINITE, "nonzero": cli.NONZERO, "[0, 1)": cli.DROPOUT}
 REQUIRED = inspect.Parameter.empty  # the default of a setting that has none
 
 

@@ -5,6 +5,7 @@ reads "the correct answer is answer2" and `answer` is the bare label. A model is
 prompt below followed by `output`, then asked to generate after an empty response; its prediction is
 the first match of the task's answer pattern in what it wrote.
 """
+import collections
 import json
 import re
 from pathlib import Path
@@ -131,6 +132,21 @@ def candidates(task: str, record: dict) -> list:
         if labels:
             return labels
     return ANSWER_PATTERNS[task].split("|")
+
+
+ONE_ANSWER = 90.0  # % of a task's predictions on one answer from which eval.py warns: the model does not discriminate
+
+
+def baselines(task: str, records: list, predictions: list) -> dict:
+    """What a task's accuracy must be read against, in %: chance (the mean over records of 1 / the options each
+    offers), the majority class (the most frequent gold answer's share of these records) and the most
+    frequent prediction's share (an unparsed answer, None, counts as one answer)."""
+    golds = collections.Counter(gold_answer(task, r) for r in records)
+    top, count = collections.Counter(predictions).most_common(1)[0]
+    majority, n_majority = golds.most_common(1)[0]
+    return {"chance": 100 * sum(1 / len(candidates(task, r)) for r in records) / len(records),
+            "majority": 100 * n_majority / len(records), "majority_answer": majority,
+            "top_prediction": top, "top_prediction_share": 100 * count / len(predictions)}
 
 
 def response_for(record: dict, label: str) -> str:

@@ -66,6 +66,23 @@ def test_the_prediction_puts_the_fitted_factors_into_the_bound_at_the_papers_set
     assert g["logged_steps"] == 20 and g["slack_over_run"]["median layer"] == pytest.approx((20, 20, 20))
 
 
+def test_the_range_reruns_the_prediction_for_every_recipe_with_its_two_ceilings(tmp_path):
+    log = write_run(tmp_path)
+    rows = growth.prediction_range([log])
+    assert [(r["lr"], r["batch"]) for r in rows] == growth.RECIPES and {r["init"] for r in rows} == {"code"}
+    for r in rows:
+        steps = 31900 * 16 // r["batch"]
+        S = r["lr"] * (steps + 2) / 2  # the schedule's closed form (test above)
+        h, b, a = 0.2 * S, 0.03 * S ** 0.5, 1 / 64 + 0.01 * S ** 0.6  # the synthetic run's laws, h_lr_ratio 1
+        bound = 0.5 * 16 * h * b * a * 3
+        assert r["steps"] == steps and r["cumulative_lr"] == pytest.approx(S, rel=1e-12)
+        assert r["share"][0] == pytest.approx(bound / 20, rel=1e-9) and r["bound"] == pytest.approx(bound, rel=1e-9)
+        # the worst case for h: |h| = h's own S in the bound, then the run's slack
+        assert r["share_h_worst"] == pytest.approx(bound / h * S / 20, rel=1e-9)
+    md = growth.range_markdown(rows)
+    assert md.count("\n| code |") == 6 and f"{max(r['share_h_worst'] for r in rows):.1e} (the worst case for h)" in md
+
+
 def test_a_log_without_the_bound_is_one_clear_error(tmp_path):
     (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "lr": 1e-3}) + "\n")
     with pytest.raises(ValueError, match="no PERA record with the bound"):

@@ -147,3 +147,21 @@ def test_polynomial_share_bound_is_above_the_share_and_attained_by_one_entry(kw)
     assert pera.polynomial_share_bound(one) == pytest.approx(pera.polynomial_share(one), rel=1e-12)
     assert pera.polynomial_share(one) == pytest.approx(0.3 * 0.2 * 0.05, rel=1e-12)  # |h| · |b| · |a|
     assert pera.polynomial_share_bound(pera.PERALinear(make_base(), rank=3, **kw)) == 0.0  # fresh: B A = 0
+
+
+@pytest.mark.parametrize("degree", [2, 3, 4])
+def test_multinomial_coefficients_make_pera_an_elementwise_polynomial_of_BA(degree):
+    """With h fixed at the multinomial coefficients (1 for squares, 2 for pairs at degree 2), the terms are
+    (B A)^⊙2 + ... + (B A)^⊙k exactly: ΔW = s Σ_{m=1..k} (B A)^⊙m (docs/methods.md#pera)."""
+    torch.manual_seed(0)
+    layer = pera.PERALinear(nn.Linear(7, 5, dtype=torch.float64), 3, alpha=6.0, degree=degree,
+                            coefficients="multinomial")
+    with torch.no_grad():
+        layer.A.normal_()
+        layer.B.normal_()
+    assert not layer.h.requires_grad and layer.A.requires_grad and layer.B.requires_grad
+    BA = layer.B @ layer.A
+    want = layer.scaling * sum(BA ** m for m in range(1, degree + 1))
+    assert torch.allclose(layer.delta_weight(), want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+    if degree == 2:
+        assert layer.h.tolist() == [1.0, 2.0, 2.0, 1.0, 2.0, 1.0]  # triu order: (0,0), (0,1), (0,2), (1,1), ...

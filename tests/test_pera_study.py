@@ -131,10 +131,26 @@ def test_h_group_lr_and_the_logged_polynomial_terms(stories_dir, data_dir, tmp_p
     assert last["rho_median"] == pytest.approx(statistics.median(rho), rel=1e-9) and last["rho_median"] >= 1
 
 
+def test_h_lr_ratio_0_keeps_h_at_0_and_multinomial_coefficients_stay_fixed(stories_dir, data_dir, tmp_path):
+    """--h-lr-ratio 0: the paper init trains LoRA's update (h stays exactly 0, A and B move); --coefficients
+    multinomial: h holds the fixed coefficients, untrained, and the file says so."""
+    common = ["--method", "pera", "--max-steps", "3", "--lr", "1e-2", "--eval-every", "3", "--init", "paper"]
+    for name, extra, want in (("h0", ["--h-lr-ratio", "0"], [0.0] * 10),
+                              ("fixed", ["--coefficients", "multinomial"], [1.0, 2, 2, 2, 1, 2, 2, 1, 2, 1])):
+        out = tmp_path / name
+        train.main(train_args(stories_dir, data_dir, out, *common, *extra))
+        model = Transformer.from_pretrained(stories_dir)
+        spec = adapters.load_adapter(model, out)
+        layers = list(adapters.adapter_layers(model, "pera").values())
+        assert all(layer.h.tolist() == want for layer in layers), name
+        assert all(layer.B.abs().max() > 0 and layer.A.abs().max() > 0 for layer in layers)  # A moved from 0
+        assert spec["coefficients"] == ("multinomial" if name == "fixed" else "trained")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "lora", "--init", "paper"], "--init is PERA's, not lora's"),
     (["--method", "hira", "--h-lr-ratio", "10"], "--h-lr-ratio is PERA's, not hira's"),
-    (["--h-lr-ratio", "0"], "argument --h-lr-ratio: expected a finite number > 0, got '0'"),
+    (["--h-lr-ratio", "-1"], "argument --h-lr-ratio: expected a finite number >= 0, got '-1'"),
     (["--init", "kaiming"], "invalid choice"),
 ])
 def test_bad_study_arguments_are_one_clear_error(capsys, argv, message):
