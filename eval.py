@@ -206,7 +206,8 @@ def loglik_answers(model, tokenizer, task, records, batch_size, bar):
 # Tables.
 
 def table(rows) -> str:
-    """The paper's table: one row per result, one column per task, then the average (accuracy in %)."""
+    """The paper's table: one row per result, one column per task, then the average (accuracy in %); below them
+    the levels to read it against, chance and the majority class, from the first result that has them."""
     tasks = [t for t in commonsense.TASKS if any(t in r["tasks"] for r in rows)]
     head = ["Method", "Params (%)"] + [commonsense.COLUMNS[t] for t in tasks] + ["Avg."]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -214,7 +215,52 @@ def table(rows) -> str:
         cells = [r["name"], f"{r['trainable_percent']:.4f}" if r.get("trainable_percent") is not None else "-"]
         cells += [f"{r['tasks'][t]['accuracy']:.2f}" if t in r["tasks"] else "-" for t in tasks]
         lines.append("| " + " | ".join(cells + [f"{r['average']:.2f}"]) + " |")
+    for key, name in (("chance", "*chance*"), ("majority", "*majority class*")):
+        levels = [next((r["tasks"][t].get(key) for r in rows if r["tasks"].get(t, {}).get(key) is not None), None)
+                  for t in tasks]
+        if any(v is not None for v in levels):
+            mean = f"{sum(levels) / len(levels):.2f}" if None not in levels else "-"
+            lines.append("| " + " | ".join([name, "-"] + [f"{v:.2f}" if v is not None else "-" for v in levels]
+                                           + [mean]) + " |")
+    for r in rows:  # how often each result gives its commonest answer: near 100, the model does not discriminate
+        shares = [r["tasks"].get(t, {}).get("top_prediction_share") for t in tasks]
+        if any(v is not None for v in shares):
+            lines.append("| " + " | ".join([f"*{r['name']}: its commonest answer's share*", "-"]
+                                           + [f"{v:.2f}" if v is not None else "-" for v in shares] + ["-"]) + " |")
     return "\n".join(lines)
+
+
+def levels(task, lines, records=None) -> dict:
+    """commonsense.baselines of a task's predictions: the options and gold answers from the test records, or,
+    re-scoring a predictions.jsonl without them, from the lines (loglik's scores name the options)."""
+    if records is not None:
+        golds = [commonsense.gold_answer(task, records[x["index"]]) for x in lines]
+        options = [len(commonsense.candidates(task, records[x["index"]])) for x in lines]
+    else:
+        golds, options = [x["answer"] for x in lines], [len(x["scores"]) if "scores" in x else None for x in lines]
+    return commonsense.baselines(golds, options, [x["prediction"] for x in lines])
+
+
+def one_answer_warnings(result) -> list:
+    """A line for each task whose predictions are >= commonsense.ONE_ANSWER % one answer."""
+    return [f"warning: {task}: {r['top_prediction_share']:.0f} % of the predictions are {r['top_prediction']!r}: "
+            f"the model does not discriminate here; read its {r['accuracy']:.2f} % against the majority class "
+            f"({r['majority']:.2f} %)" + (f" and chance ({r['chance']:.2f} %)" if r.get("chance") is not None else "")
+            for task, r in result["tasks"].items() if r.get("top_prediction_share", 0) >= commonsense.ONE_ANSWER]
+
+
+def with_levels(result, path):
+    """A results.json written before eval.py reported the levels: re-scored from the predictions.jsonl beside it."""
+    predictions = Path(path).parent / "predictions.jsonl"
+    if all("majority" in r for r in result["tasks"].values()) or not predictions.is_file():
+        return result
+    lines = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for task, r in result["tasks"].items():
+        mine = [x for x in lines if isinstance(x, dict) and x.get("task") == task]
+        if len(mine) != r.get("n", len(mine)) or not all({"answer", "prediction"} <= set(x) for x in mine):
+            raise ValueError(f"{predictions}: its {task} lines are not the {r.get('n')} predictions of {path}")
+        r.update(levels(task, mine))
+    return result
 
 
 def run_name(settings):
@@ -398,8 +444,11 @@ def main(argv=None):
     args = parse_args(argv)
     if args.table:
         with cli.user_input():
-            rows = [read_results(f) for f in args.table]
+            rows = [with_levels(read_results(f), f) for f in args.table]
         print(table(rows))
+        for r in rows:
+            for warning in one_answer_warnings(r):
+                print(f"{r['name']}: {warning}")
         return None
     if not args.rank_report:  # the data first: a bad file is reported before minutes of model loading
         with cli.user_input():

@@ -137,15 +137,14 @@ def candidates(task: str, record: dict) -> list:
 ONE_ANSWER = 90.0  # % of a task's predictions on one answer from which eval.py warns: the model does not discriminate
 
 
-def baselines(task: str, records: list, predictions: list) -> dict:
-    """What a task's accuracy must be read against, in %: chance (the mean over records of 1 / the options each
-    offers), the majority class (the most frequent gold answer's share of these records) and the most
-    frequent prediction's share (an unparsed answer, None, counts as one answer)."""
-    golds = collections.Counter(gold_answer(task, r) for r in records)
+def baselines(golds: list, options: list, predictions: list) -> dict:
+    """What a task's accuracy must be read against, in %: chance (the mean over examples of 1 / the options each
+    offers; None where an example's count is unknown), the majority class (the most frequent gold answer's share)
+    and the most frequent prediction's share (an unparsed answer, None, counts as one answer)."""
     top, count = collections.Counter(predictions).most_common(1)[0]
-    majority, n_majority = golds.most_common(1)[0]
-    return {"chance": 100 * sum(1 / len(candidates(task, r)) for r in records) / len(records),
-            "majority": 100 * n_majority / len(records), "majority_answer": majority,
+    majority, n_majority = collections.Counter(golds).most_common(1)[0]
+    chance = None if None in options else 100 * sum(1 / n for n in options) / len(options)
+    return {"chance": chance, "majority": 100 * n_majority / len(golds), "majority_answer": majority,
             "top_prediction": top, "top_prediction_share": 100 * count / len(predictions)}
 
 
