@@ -2,10 +2,18 @@
 import atexit
 import functools
 import gzip
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+# One thread, here and in every process a test starts: the tests' tensors are small, a second thread gives them
+# nothing, and on a busy machine threads that wait for each other at every operator cost minutes.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE_FIXTURES = ROOT / "tests" / "fixtures"  # every fixture the suite needs, committed with it

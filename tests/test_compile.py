@@ -23,6 +23,8 @@ from model import Transformer
 from support import adapters
 from support.safetensors_io import load_safetensors
 
+pytestmark = pytest.mark.slow  # minutes of compiling: .ci/run's second stage, `python -m pytest -q -m slow`
+
 COMMON = ["--method", "pera", "--max-steps", "6", "--lr", "5e-3", "--eval-every", "3"]  # pera's default dropout: 0.05
 
 

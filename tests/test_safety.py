@@ -131,6 +131,7 @@ def test_processes_released_together_find_exactly_one_holder(tmp_path, left):
     assert not (folder / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_never_blocks_the_next_and_two_resumes_at_once_give_one_run(straight, stories_dir, data_dir,
                                                                                    tmp_path):
     """A real train.py killed with SIGKILL at a random moment leaves its lock file (with its pid, which a live
@@ -193,6 +194,7 @@ def test_eval_and_merge_hold_their_folders_too(stories_dir, tmp_path):
 # -----------------------------------------------------------------------------
 # SIGTERM is Ctrl-C: the step finishes, the state is saved, the run resumes to the uninterrupted one
 
+@pytest.mark.slow
 def test_sigterm_at_random_moments_resumes_to_the_uninterrupted_run(straight, stories_dir, data_dir, tmp_path):
     """Two sessions of a real train.py, each stopped by SIGTERM at a random moment of its training; then
     --resume ends on the uninterrupted run's adapter, log and metrics, byte for byte."""
@@ -248,6 +250,7 @@ def answered(monkeypatch):
     return count
 
 
+@pytest.mark.slow
 def test_eval_sigterm_keeps_the_predictions_and_the_same_command_continues(eval_common, eval_straight, tmp_path,
                                                                           monkeypatch):
     rng, out = random.Random(SEED), tmp_path / "eval"
@@ -370,6 +373,7 @@ def test_merge_sigterm_in_any_part_leaves_nothing(stories_dir, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+@pytest.mark.slow
 def test_merge_sigkill_leaves_a_partial_folder_that_the_next_merge_removes(stories_dir, tmp_path):
     """A real merge.py killed with SIGKILL after one of its parts, chosen at random, leaves its partial folder
     (the lock file, made first, in it); the next merge into the same --out removes it and writes what an

@@ -52,6 +52,7 @@ def two_processes(stories_dir, data_dir, tmp_path_factory):  # noqa: F811
     return out, torchrun(2, "train.py", *train_args(stories_dir, data_dir, out, *COMMON))
 
 
+@pytest.mark.slow
 def test_two_processes_give_one_process_losses_at_every_step(stories_dir, data_dir, tmp_path, two_processes):  # noqa: F811
     one = train.main(train_args(stories_dir, data_dir, tmp_path / "one", *COMMON))
     result = two_processes[1]
@@ -71,6 +72,7 @@ def test_two_processes_give_one_process_losses_at_every_step(stories_dir, data_d
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_process_after_one_step_and_resumes_exactly(stories_dir, data_dir, tmp_path,  # noqa: F811
                                                                                    two_processes):
     """SIGTERM to torchrun at a random moment, as a scheduler sends it: torchrun passes it on, both processes
@@ -119,6 +121,7 @@ def spawn(world, argv, stop_at=None):
     mp.spawn(_rank_main, args=(world, port, argv, stop_at), nprocs=world)
 
 
+@pytest.mark.slow
 def test_resume_across_process_counts(stories_dir, data_dir, tmp_path, monkeypatch):  # noqa: F811
     train.main(train_args(stories_dir, data_dir, tmp_path / "straight", *COMMON))
     # two processes stop after step 6 (state of step 4 kept), one process resumes
@@ -138,6 +141,7 @@ def test_resume_across_process_counts(stories_dir, data_dir, tmp_path, monkeypat
         assert max(abs(r["loss"] - s["loss"]) for r, s in zip(resumed, straight)) < 2e-5, run
 
 
+@pytest.mark.slow
 def test_eval_with_two_processes_gives_one_process_results(stories_dir, data_dir, tmp_path):  # noqa: F811
     out = tmp_path / "lora"
     train.main(train_args(stories_dir, data_dir, out, "--method", "lora", "--max-steps", "3", "--lr", "1e-2",
