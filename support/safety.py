@@ -473,7 +473,7 @@ def fingerprint(args):
     weights (a weights file by its size and its first and last MiB: cheap for 16 GB, and a changed checkpoint
     changes its header). Saved in the run folder at its start, compared by --resume."""
     if args.train_file:
-        data = {Path(args.train_file).name: Path(args.train_file)}
+        data = {Path(args.train_file).resolve().name: Path(args.train_file)}  # a link: its target's name
     else:
         try:  # a task that is not there: load_examples says so, in one line
             tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
