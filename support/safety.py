@@ -1,4 +1,5 @@
-"""What makes a run safe to stop, kill, resume and share a machine with; the loop calls each in a line.
+"""What makes a run safe to stop, kill, resume and share a machine with. The loop holds one object, `Guard`,
+around it and calls it twice a step; main() takes the folder's lock and checks the run folder, each in a line.
 
 One writer per folder. `folder_lock` holds out/.lock with fcntl.flock for the whole run: a second train.py
     (or eval.py, merge.py) on the same folder is refused with one line. The kernel grants the lock to one
@@ -19,7 +20,11 @@ Resume continues the same run only. `check_run_folder` compares the arguments th
     already holds a run is refused rather than overwritten.
 A NaN or a full disk stops cleanly. A non-finite loss or gradient norm stops the run before its update, and
     a write the disk refuses stops it where it is, each with one line (`exit_not_finite`, `exit_write_refused`)
-    naming the state and the best adapter kept; nothing of the bad step is saved.
+    naming the state and the best adapter kept; nothing of the bad step is saved. The state kept after a
+    non-finite step is the last whose next step was finite: a state saved just before it (finite numbers whose
+    forward pass overflows, after --lr 1e30) gives way to the one saved before, kept until then as state.pt.prev.
+What a run reads is fingerprinted. `fingerprint` (checkpoint/fingerprint.json, written at the start) holds
+    digests of the training data and the model's files; --resume refuses other contents under the same paths.
 Several processes. `setup_distributed` joins the torchrun job (nccl on GPUs, gloo on CPUs); only the first
     process takes the lock and writes files.
 """
