@@ -491,8 +491,11 @@ def fingerprint(args):
 
 
 def digest(path, ends=False):
-    """A file's SHA-256 (ends: of its size and its first and last MiB only); None if it cannot be read."""
+    """A file's SHA-256 (ends: of its size and its first and last MiB only); None if it is not a regular file
+    (a link to /dev/zero would never end) or cannot be read."""
     h = hashlib.sha256()
+    if not Path(path).is_file():
+        return None
     try:
         with open(path, "rb") as f:
             if not ends:
