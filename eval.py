@@ -492,52 +492,54 @@ def evaluate(args, data, out, lines):
                  f"{model.config.max_position_embeddings} positions")
     if args.compile:
         model.compile()  # at the first batch, and again for generation's KV cache
+    result = result_header(args, settings)  # a bad metrics.json is said before the work
+    # the examples left, longest prompts first (less padding; a memory problem shows at once), in batches
+    size, batches, start = args.batch_size * world, [], time.time()
+    for task, records in data.items():
+        todo = [i for i in by_length(records, commonsense.prompt) if (task, i) not in done[0]]
+        batches += [(task, todo[i:i + size]) for i in range(0, len(todo), size)]
+    stopped = lambda abandoned: sys.exit(  # noqa: E731
+        f"\ninterrupted{' twice' if abandoned else ''} after {len(lines)} of {sum(map(len, data.values()))} examples; "
+        f"their predictions are kept in {out / PARTIAL}: the same command continues from there" if rank == 0 else 1)
+    with safety.Guard(world=world, device=device, stopped=stopped) as guard, cli.compile_errors(), \
+            open(out / PARTIAL, "a") if rank == 0 else open(os.devnull, "w") as f, \
+            tqdm(total=sum(len(b[rank::world]) for _, b in batches), desc=args.mode, disable=rank != 0) as bar:
+        for task, batch in batches:
+            bar.set_postfix(task=task)
+            mine = [data[task][i] for i in batch[rank::world]]
+            if args.mode == "generate":
+                answers = generate_answers(model, tokenizer, task, mine, args.batch_size, args.max_new_tokens, bar)
+            else:
+                answers = loglik_answers(model, tokenizer, task, mine, args.batch_size, bar)
+            if world > 1:  # each process's answers, put back in the batch's order
+                shards = [None] * world
+                dist.all_gather_object(shards, answers)
+                answers = [shards[j % world][j // world] for j in range(len(batch))]
+            golds = [commonsense.gold_answer(task, data[task][i]) for i in batch]
+            new = [{"task": task, "index": i, "answer": gold, "correct": a["prediction"] == gold, **a}
+                   for i, gold, a in zip(batch, golds, answers)]
+            f.write("".join(json.dumps(x) + "\n" for x in new))
+            f.flush()  # saved: a kill from now on keeps this batch
+            lines += new
+            guard.step_done()  # a signal held during the batch stops the run here, after its predictions
+    if world > 1:
+        dist.destroy_process_group()
+    return write_results(args, data, out, lines, result, time.time() - start, model) if rank == 0 else None
+
+
+def result_header(args, settings):
+    """What results.json says of the run evaluated, before its tasks' scores."""
     result = {"name": run_name(settings), "model": str(args.model), "adapter": args.adapter, "mode": args.mode,
               "merged": args.merge, "limit": args.limit, "tasks": {}}
     if args.adapter and (Path(args.adapter) / "metrics.json").is_file():
         metrics = Path(args.adapter) / "metrics.json"
         with cli.user_input(metrics):
             result["trainable_percent"] = trainable_percent(json.loads(metrics.read_text()))
-    # the examples left, longest prompts first (less padding; a memory problem shows at once), in batches
-    size, batches = args.batch_size * world, []
-    for task, records in data.items():
-        todo = [i for i in by_length(records, commonsense.prompt) if (task, i) not in done[0]]
-        batches += [(task, todo[i:i + size]) for i in range(0, len(todo), size)]
-    start, stops = time.time(), safety.StopSignals(world, device)
-    stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the batch they come in
-    try:
-        with cli.compile_errors(), open(out / PARTIAL, "a") if rank == 0 else open(os.devnull, "w") as f, \
-                tqdm(total=sum(len(b[rank::world]) for _, b in batches), desc=args.mode, disable=rank != 0) as bar:
-            for task, batch in batches:
-                bar.set_postfix(task=task)
-                mine = [data[task][i] for i in batch[rank::world]]
-                if args.mode == "generate":
-                    answers = generate_answers(model, tokenizer, task, mine, args.batch_size, args.max_new_tokens, bar)
-                else:
-                    answers = loglik_answers(model, tokenizer, task, mine, args.batch_size, bar)
-                if world > 1:  # each process's answers, put back in the batch's order
-                    shards = [None] * world
-                    dist.all_gather_object(shards, answers)
-                    answers = [shards[j % world][j // world] for j in range(len(batch))]
-                golds = [commonsense.gold_answer(task, data[task][i]) for i in batch]
-                new = [{"task": task, "index": i, "answer": gold, "correct": a["prediction"] == gold, **a}
-                       for i, gold, a in zip(batch, golds, answers)]
-                f.write("".join(json.dumps(x) + "\n" for x in new))
-                f.flush()  # saved: a kill from now on keeps this batch
-                lines += new
-                stops.check()  # a signal held during the batch stops the run here, after its predictions
-    except KeyboardInterrupt:
-        if rank == 0:
-            n = sum(len(records) for records in data.values())
-            sys.exit(f"\ninterrupted{' twice' if stops.abandoned else ''} after {len(lines)} of {n} examples; "
-                     f"their predictions are kept in {out / PARTIAL}: the same command continues from there")
-        sys.exit(1)
-    finally:
-        stops.release()
-    if world > 1:
-        dist.destroy_process_group()
-    if rank != 0:
-        return None
+    return result
+
+
+def write_results(args, data, out, lines, result, seconds, model):
+    """results.json and predictions.jsonl from every example's prediction, the partial file removed; the table."""
     order = list(data)
     lines.sort(key=lambda x: (order.index(x["task"]), x["index"]))  # the examples' order
     for task in data:
@@ -548,7 +550,7 @@ def evaluate(args, data, out, lines):
     result["average"] = sum(t["accuracy"] for t in result["tasks"].values()) / len(result["tasks"])
     n = sum(t["n"] for t in result["tasks"].values())
     result["parse_failure_rate"] = 100 * sum(t["parse_failures"] for t in result["tasks"].values()) / n
-    result["seconds"] = round(time.time() - start, 1)  # this session's
+    result["seconds"] = round(seconds, 1)  # this session's
     adapters.write_text(out / "predictions.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
     adapters.write_json(out / "results.json", result)
     (out / PARTIAL).unlink()

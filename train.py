@@ -155,7 +155,9 @@ def parse_args(argv=None):
 # -----------------------------------------------------------------------------
 # Data: tokenized examples, grouped by length into batches.
 
-def load_examples(args, tokenizer, bos, quiet=False):
+def load_examples(args, tokenizer, bos, quiet=False, positions=None):
+    """(tasks, training examples, validation examples), each (ids, labels); an example longer than the model's
+    positions (max_position_embeddings) keeps its last tokens (after BOS), as eval.py cuts a prompt."""
     with cli.user_input():
         if args.train_file:  # one file of all tasks' records (commonsense_170k)
             tasks = [Path(args.train_file).stem]
@@ -168,6 +170,13 @@ def load_examples(args, tokenizer, bos, quiet=False):
         sys.exit(f"error: only {len(records)} training records for {args.val_size} validation examples (--val-size)")
     encoded = [commonsense.encode_example(tokenizer, r, bos, args.train_on_inputs, prompt_cutoff=args.cutoff)
                for r in tqdm(records, desc="tokenizing", leave=False, disable=quiet)]
+    if positions is not None and (long := sum(len(ids) > positions for ids, _ in encoded)):
+        head = 1 if bos else 0  # the response ends an example: its start goes, BOS stays
+        encoded = [(x[:head] + x[len(x) - positions + head:], y[:head] + y[len(y) - positions + head:])
+                   if len(x) > positions else (x, y) for x, y in encoded]
+        if not quiet:
+            print(f"cut {long} training examples to the model's {positions} positions (max_position_embeddings): "
+                  f"each kept its last tokens")
     unscored = next((r for r, (_, labels) in zip(records, encoded) if all(t == -100 for t in labels)), None)
     if unscored is not None:  # its loss would be 0 / 0; only an empty output and no end token make one
         sys.exit(f"error: a training record has no response token to learn (output {unscored['output']!r}, and the "
@@ -376,7 +385,8 @@ def setup(args):
 
     say(f"training data: {args.train_file}" if args.train_file else
         f"training data: the per-task train sets in {args.data} (no {TRAIN_MIX} there)")
-    tasks, train_set, val_set = load_examples(args, tokenizer, tokenizer.add_bos, quiet=rank != 0)
+    tasks, train_set, val_set = load_examples(args, tokenizer, tokenizer.add_bos, quiet=rank != 0,
+                                               positions=model.config.max_position_embeddings)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
     say(f"tasks {', '.join(tasks)}: {len(train_set):,} training / {len(val_set)} validation examples; "
@@ -408,6 +418,7 @@ def setup(args):
         # A state from the start: from now on the folder always holds one, so a run killed at any moment
         # (even after its first adapter but before its first --save-every) can be resumed.
         safety.save_state(run.state_file, 0, model, run.optimizer, safety.rng_state(), run.best, run.history, run.clock)
+        adapters.write_json(run.out / safety.FINGERPRINT, safety.fingerprint(args))  # what --resume compares
     return run
 
 
@@ -442,103 +453,62 @@ def on_step(step, record):
 
 def train_loop(args, run):
     """The recipe, one optimizer step at a time: batch, forward, loss, backward, clip, step, schedule, log,
-    validate, keep the best adapter, save the state. Ctrl-C or SIGTERM waits for the step's end; a non-finite
-    loss or gradient stops the run before its update, a full disk where it is (support/safety.py). Returns
-    (step, best, history, clock, seconds)."""
-    step, best, history = run.step, run.best, run.history
-    saved_step, planned = step, (None, None)  # planned: (epoch, its batches), each epoch planned once
+    validate, keep the best adapter, save the state. The guard (support/safety.py) holds Ctrl-C and SIGTERM to
+    the step's end, and ends a run stopped by them, by a non-finite loss or gradient or by a full disk with one
+    line naming the state kept. Returns (step, best, history, clock, seconds)."""
+    step, best, history, planned = run.step, run.best, run.history, (None, None)  # planned: (epoch, its batches)
     bar = tqdm(total=run.total_steps, initial=step, desc=f"{args.method} r{args.rank}", dynamic_ncols=True,
                disable=run.rank != 0)
-    start_time, tokens_seen, start_step = time.time(), 0, step
-    rng_at_step = safety.rng_state()
-    clock_now = lambda: {"seconds": run.clock["seconds"] + time.time() - start_time,  # noqa: E731
-                         "tokens": run.clock["tokens"] + tokens_seen}
-    stops = safety.StopSignals(run.world, run.device)
-    stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the step they come in
-    inside = step  # the step in progress: the one a second signal abandons
-    try:
+    with bar, safety.Guard(run) as guard:
         while step < run.total_steps:
-            inside = step + 1
             epoch, index = divmod(step, run.steps_per_epoch)
-            if planned[0] != epoch:
+            if planned[0] != epoch:  # each epoch's batches planned once
                 planned = epoch, epoch_batches(run.lengths, args.batch_size, args.seed, epoch)
             batch = planned[1][index]
             lr = lr_at(step, args, run.total_steps)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_ratio", 1.0)
             train_loss = forward_backward(run, batch)
-            tokens_seen += sum(run.lengths[i] for i in batch)  # real tokens, not padding
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"loss is {train_loss} at step {step + 1}")
+            guard.tokens += sum(run.lengths[i] for i in batch)  # real tokens, not padding
             log_pera = bool(run.pera_layers) and ((step + 1) % args.pera_log_every == 0 or step + 1 == run.total_steps)
             h_grad = h_grad_norm(run.pera_layers) if log_pera else None
             grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, args.grad_clip or math.inf).item()
-            if not math.isfinite(grad_norm):
-                raise FloatingPointError(f"gradient norm is {grad_norm} at step {step + 1}")
+            guard.before_update(train_loss, grad_norm)  # a non-finite loss or gradient stops the run here
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
             step += 1
-            rng_at_step = safety.rng_state()  # saved with the state, so a resumed run draws the same dropout masks
             record = {"step": step, "loss": round(train_loss, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
-                      "time": round(time.time() - start_time, 2)}
+                      "time": round(time.time() - guard.start, 2)}
             if log_pera:
                 record.update(pera_record(run.pera_layers), h_grad_norm=h_grad)
             if step % args.eval_every == 0 or step == run.total_steps:
-                if run.val_set:
-                    record["val_loss"] = round(validation_loss(run.model, run.val_set, run.micro, run.pad_id,
-                                                               run.device, run.autocast, run.rank, run.world), 5)
-                # the adapter kept is the best by validation loss (the latest, with no validation set)
-                if not run.val_set or record["val_loss"] < best["val_loss"]:
-                    if run.rank == 0:
-                        adapters.save_adapter(run.model, run.out, run.spec, base_model=args.model)
-                    best = {"val_loss": record.get("val_loss", math.nan), "step": step}
-                if run.rank == 0:
-                    tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss "
-                               f"{record.get('val_loss', math.nan):.4f}" + (" (best)" if best["step"] == step else ""))
+                validate(args, run, record, best, train_loss)
             history.append(record)
             if run.rank == 0:
                 with open(run.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{tokens_seen / max(time.time() - start_time, 1e-9):.0f}")
+                            tok_s=f"{guard.tokens / max(time.time() - guard.start, 1e-9):.0f}")
             bar.update(1)
             on_step(step, record)
-            if step % args.save_every == 0 or step == run.total_steps:
-                rng_ranks = safety.gather_rng(run.world)
-                if run.rank == 0:
-                    safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
-                                      clock_now(), rng_ranks)
-                saved_step = step
-            stops.check()  # a signal held during the step stops the run here, after its state
-    except KeyboardInterrupt:
-        stops.release()
-        bar.close()
-        # one process, or all of them stopping at this step together: save it (unless just saved)
-        if not stops.abandoned and (run.world == 1 or stops.agreed) and saved_step != step:
-            rng_ranks = safety.gather_rng(run.world)
-            if run.rank == 0:
-                safety.save_state(run.state_file, step, run.model, run.optimizer, rng_at_step, best, history,
-                                  clock_now(), rng_ranks)
-            saved_step = step
-        # inside: the abandoned step, or (stopped by check(), at a step's end) the step just finished
-        safety.exit_interrupted(inside, saved_step, run.state_file, stops.abandoned)
-    except FloatingPointError as e:
-        bar.close()
-        safety.exit_not_finite(e, saved_step, run.state_file, best, run.out)
-    except (OSError, RuntimeError) as e:  # a full or read-only disk is one line; anything else, a bug
-        if signum := cli.compiler_signal(e):  # the terminal's Ctrl-C reached the compiler too: the step cannot end
-            bar.close()
-            safety.exit_interrupted(inside, saved_step, run.state_file, True,
-                                    why=f"interrupted while compiling (the compiler got {signum})")
-        if not cli.disk_refusal(e):
-            raise
-        bar.close()
-        safety.exit_write_refused(cli.disk_refusal(e), saved_step, run.state_file, best, run.out)
-    finally:
-        stops.release()
-        bar.close()  # before a --compile error's line
-    clock = clock_now() if step > start_step else run.clock  # a finished run resumed: the clock stopped with its state
-    return step, best, history, clock, time.time() - start_time
+            guard.step_done(save=step % args.save_every == 0 or step == run.total_steps)
+    return step, best, history, *guard.times()
+
+
+def validate(args, run, record, best, train_loss):
+    """The validation loss into the record, and the adapter saved when it is the best so far (best updated in
+    place); with no validation set the adapter kept is the latest."""
+    step = record["step"]
+    if run.val_set:
+        record["val_loss"] = round(validation_loss(run.model, run.val_set, run.micro, run.pad_id, run.device,
+                                                   run.autocast, run.rank, run.world), 5)
+    if not run.val_set or record["val_loss"] < best["val_loss"]:
+        if run.rank == 0:
+            adapters.save_adapter(run.model, run.out, run.spec, base_model=args.model)
+        best.update(val_loss=record.get("val_loss", math.nan), step=step)
+    if run.rank == 0:
+        tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {record.get('val_loss', math.nan):.4f}"
+                   + (" (best)" if best["step"] == step else ""))
 
 
 def parameter_counts(model):

@@ -1,4 +1,5 @@
-"""What makes a run safe to stop, kill, resume and share a machine with; the loop calls each in a line.
+"""What makes a run safe to stop, kill, resume and share a machine with. The loop holds one object, `Guard`,
+around it and calls it twice a step; main() takes the folder's lock and checks the run folder, each in a line.
 
 One writer per folder. `folder_lock` holds out/.lock with fcntl.flock for the whole run: a second train.py
     (or eval.py, merge.py) on the same folder is refused with one line. The kernel grants the lock to one
@@ -19,15 +20,22 @@ Resume continues the same run only. `check_run_folder` compares the arguments th
     already holds a run is refused rather than overwritten.
 A NaN or a full disk stops cleanly. A non-finite loss or gradient norm stops the run before its update, and
     a write the disk refuses stops it where it is, each with one line (`exit_not_finite`, `exit_write_refused`)
-    naming the state and the best adapter kept; nothing of the bad step is saved.
+    naming the state and the best adapter kept; nothing of the bad step is saved. The state kept after a
+    non-finite step is the last whose next step was finite: a state saved just before it (finite numbers whose
+    forward pass overflows, after --lr 1e30) gives way to the one saved before, kept until then as state.pt.prev.
+What a run reads is fingerprinted. `fingerprint` (checkpoint/fingerprint.json, written at the start) holds
+    digests of the training data and the model's files; --resume refuses other contents under the same paths.
 Several processes. `setup_distributed` joins the torchrun job (nccl on GPUs, gloo on CPUs); only the first
     process takes the lock and writes files.
 """
 import fcntl
+import hashlib
 import json
+import math
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -40,16 +48,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from support import adapters, cli
+from support import adapters, cli, commonsense
 from support.safetensors_io import check_tensors
 
 STATE_FILE = Path("checkpoint") / "state.pt"  # inside --out
-TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp")  # what write_json, save_safetensors, save_state write first
+FINGERPRINT = Path("checkpoint") / "fingerprint.json"  # the digests of the files a run reads (fingerprint)
+TEMPORARY = re.compile(r"\..+\.tmp\d+|state\.pt\.tmp|state\.pt\.prev")  # what write_json, save_safetensors,
+# save_state write first, and Guard's fallback state
 # Arguments that define a run: --resume refuses to continue a run with different ones.
 # Every method's settings (its class's keyword arguments: alpha, dropout, terms, ...) are among them.
 SETTINGS = {name: default for method in adapters.METHODS for name, default in adapters.options(method).items()}
 RUN_DEFINING = ("model", "data", "tasks", "method", "rank", *SETTINGS, "targets", "lr",
-                "batch_size", "epochs", "max_steps", "warmup_steps", "val_size", "seed", "train_on_inputs",
+                "batch_size", "epochs", "max_steps", "eval_every", "warmup_steps", "val_size", "seed", "train_on_inputs",
                 "cutoff", "weight_decay", "grad_clip", "train_file", "precision")
 # what a run saved before a setting existed used: its default (PERA's init and h_lr_ratio, LoRAN's amplitude, omega)
 RUN_DEFAULTS = {name: default for name, default in SETTINGS.items() if default is not adapters.REQUIRED}
@@ -94,7 +104,7 @@ def folder_lock(folder, tool="train.py", shown=None):
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"tool": tool, "pid": os.getpid(), "host": socket.gethostname()}).encode())
             for place in (folder, folder / "checkpoint"):
-                for leftover in place.glob("*tmp*") if place.is_dir() else []:
+                for leftover in place.iterdir() if place.is_dir() else []:
                     if TEMPORARY.fullmatch(leftover.name):
                         leftover.unlink()
         except BaseException:
@@ -185,6 +195,105 @@ class StopSignals:
             stop = self.agreed = flag.item() > 0
         if stop:
             raise KeyboardInterrupt
+
+
+class Guard:
+    """The safety of a loop, beside it: `with Guard(run) as guard:` around the loop, and two calls a step.
+
+    Inside, Ctrl-C and SIGTERM wait for the step's end (StopSignals). `before_update(loss, grad_norm)` stops the
+    run on a non-finite loss or gradient norm, before the update; `step_done(save=...)` at the step's end saves
+    the state when asked, then stops the run if a signal came. A stop ends the run with one line naming what is
+    kept: a signal (the state of the step it ends saved), a second signal or a compiler killed by the terminal's
+    Ctrl-C (the step abandoned), a non-finite step (the last state whose next loss and gradient were finite: the
+    one saved before it, kept as state.pt.prev until the next step shows it finite), a write the disk refuses.
+    eval.py's batches use it too, without a run: `Guard(world=, device=, stopped=)`, where stopped(abandoned)
+    ends an interrupted evaluation.
+    """
+
+    def __init__(self, run=None, *, world=1, device="cpu", stopped=None):
+        self.run, self.stopped = run, stopped
+        self.stops = StopSignals(run.world if run else world, run.device if run else device)
+        self.start, self.tokens, self.updated = time.time(), 0, False  # updated: this step's update is done
+        if run:
+            # steps updated; the step of the state in state.pt (and of the one before it); the last state whose
+            # next step was finite (a loaded one counts as such: there is none before it to go back to)
+            self.step = self.saved = self.prev_step = self.verified = run.step
+            self.best, self.history, self.rng = run.best, run.history, rng_state()
+            self.prev = run.state_file.with_name(run.state_file.name + ".prev")
+
+    def __enter__(self):
+        self.stops.hold()  # from here Ctrl-C and SIGTERM wait for the end of the step they come in
+        return self
+
+    def before_update(self, loss, grad_norm):
+        for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{what} is {value} at step {self.step + 1}")
+        self.verified = self.step  # the state after self.step gave a finite step: its fallback can go
+        if self.run.rank == 0:
+            self.prev.unlink(missing_ok=True)
+        # the update draws nothing: the RNG now is the RNG after it, saved so a resumed run draws the same masks
+        self.step, self.rng, self.updated = self.step + 1, rng_state(), True
+
+    def step_done(self, save):
+        if save:
+            self.save()
+        self.stops.check()  # a signal held during the step stops the run here, after its state
+        self.updated = False
+
+    def save(self):
+        run, rng_ranks = self.run, gather_rng(self.run.world)
+        if run.rank == 0:
+            if run.state_file.is_file():  # the state saved last stays until this one's next step is finite
+                keep_copy(run.state_file, self.prev)
+            save_state(run.state_file, self.step, run.model, run.optimizer, self.rng, self.best, self.history,
+                       self.clock(), rng_ranks)
+        self.prev_step, self.saved = self.saved, self.step
+
+    def clock(self):
+        """{"seconds", "tokens"} of training so far, all sessions together."""
+        return {"seconds": self.run.clock["seconds"] + time.time() - self.start,
+                "tokens": self.run.clock["tokens"] + self.tokens}
+
+    def times(self):
+        """(clock, seconds of this session); a finished run resumed: the clock stopped with its state."""
+        return self.clock() if self.step > self.run.step else self.run.clock, time.time() - self.start
+
+    def __exit__(self, kind, error, traceback):
+        self.stops.release()
+        stopped = kind is not None and issubclass(kind, KeyboardInterrupt)
+        if self.run is None:
+            return stopped and self.stopped(self.stops.abandoned)
+        run, inside = self.run, self.step if self.updated else self.step + 1  # the step in progress
+        if kind is not None and issubclass(kind, FloatingPointError):
+            if self.saved > self.verified:  # the state saved last gave this step: back to the one before it
+                if run.rank == 0:
+                    os.replace(self.prev, run.state_file)
+                self.saved = self.prev_step
+            exit_not_finite(error, self.saved, run.state_file, self.best, run.out)
+        # one process, or all of them stopping at this step together: save it (unless just saved)
+        if stopped and not self.stops.abandoned and (run.world == 1 or self.stops.agreed) and self.saved != self.step:
+            self.save()
+        if run.rank == 0:
+            self.prev.unlink(missing_ok=True)
+        if stopped:  # inside: the abandoned step, or (stopped by check(), at a step's end) the step just finished
+            exit_interrupted(inside, self.saved, run.state_file, self.stops.abandoned)
+        if kind is not None and issubclass(kind, (OSError, RuntimeError)):  # a full or read-only disk is one line
+            if signum := cli.compiler_signal(error):  # the terminal's Ctrl-C reached the compiler: the step cannot end
+                exit_interrupted(inside, self.saved, run.state_file, True,
+                                 why=f"interrupted while compiling (the compiler got {signum})")
+            if cli.disk_refusal(error):
+                exit_write_refused(cli.disk_refusal(error), self.saved, run.state_file, self.best, run.out)
+        return False  # anything else: a bug, with its traceback
+
+
+def keep_copy(path, copy):
+    """copy: the file at path as it is now, whatever is written to path next (a second link, else a copy)."""
+    copy.unlink(missing_ok=True)
+    try:
+        os.link(path, copy)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(path, copy)
 
 
 def exit_interrupted(step, saved_step, state_file, abandoned, why="interrupted twice"):
@@ -326,8 +435,8 @@ def gather_rng(world):
 # Resume continues the same run only
 
 def same_argument(key, saved, given):
-    """Paths are the same when they name the same folder ("data/" is "./data")."""
-    if key in ("model", "data", "adapter") and isinstance(saved, str) and isinstance(given, str):
+    """Paths are the same when they name the same file or folder ("data/" is "./data", a link is its target)."""
+    if key in ("model", "data", "adapter", "train_file") and isinstance(saved, str) and isinstance(given, str):
         return Path(saved).resolve() == Path(given).resolve()
     return saved == given
 
@@ -350,15 +459,64 @@ def check_run_folder(args):
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object of train.py's arguments")
         saved.setdefault("precision", args.precision)  # runs saved before --precision existed used the default
-        changed = [k for k in RUN_DEFINING if not same_argument(k, saved.get(k, RUN_DEFAULTS.get(k)), getattr(args, k))]
+        defining = RUN_DEFINING + (("micro_batch_size",) if args.dropout > 0 else ())  # which masks each example gets
+        changed = [k for k in defining if not same_argument(k, saved.get(k, RUN_DEFAULTS.get(k)), getattr(args, k))]
         if changed:
             sys.exit(f"error: --resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
                      f"saved run in {out}; resume with the same arguments")
+        if (out / FINGERPRINT).is_file():  # a run saved before fingerprints were: its arguments only
+            with cli.user_input(out / FINGERPRINT):
+                saved = json.loads((out / FINGERPRINT).read_text())
+            now = fingerprint(args)
+            for key, flag in (("data", "--train-file" if args.train_file else "--data"), ("model", "--model")):
+                if saved.get(key) != now[key]:
+                    files = sorted(set(saved.get(key) or {}) ^ set(now[key]) or
+                                   {f for f in now[key] if saved[key][f] != now[key][f]})
+                    sys.exit(f"error: --resume: the files of {flag} differ from the saved run's in {out} "
+                             f"({', '.join(files)}); resume with the same files")
     elif state_file.is_file():
         sys.exit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out")
     elif (out / "adapter_model.safetensors").is_file():  # an older train.py's folder, or its checkpoint deleted
         sys.exit(f"error: {out} holds an adapter but no {state_file} to continue from; delete {out} to start "
                  f"again, or choose another --out")
+
+
+def fingerprint(args):
+    """SHA-256 digests of the files a run reads, by name: its training data, and its model's JSON files and
+    weights (a weights file by its size and its first and last MiB: cheap for 16 GB, and a changed checkpoint
+    changes its header). Saved in the run folder at its start, compared by --resume."""
+    if args.train_file:
+        data = {Path(args.train_file).resolve().name: Path(args.train_file)}  # a link: its target's name
+    else:
+        try:  # a task that is not there: load_examples says so, in one line
+            tasks = commonsense.resolve_tasks(args.data, "train", args.tasks)
+        except (ValueError, OSError):
+            tasks = []
+        data = {f"{t}/train.json": Path(args.data) / t / "train.json" for t in tasks}
+    model = {p.name: p for p in sorted(Path(args.model).glob("*.json")) + sorted(Path(args.model).glob("*.safetensors"))}
+    return {"data": {name: digest(path) for name, path in data.items()},
+            "model": {name: digest(path, ends=path.suffix == ".safetensors") for name, path in model.items()}}
+
+
+def digest(path, ends=False):
+    """A file's SHA-256 (ends: of its size and its first and last MiB only); None if it is not a regular file
+    (a link to /dev/zero would never end) or cannot be read."""
+    h = hashlib.sha256()
+    if not Path(path).is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            if not ends:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+                return h.hexdigest()
+            size = os.fstat(f.fileno()).st_size
+            h.update(str(size).encode() + f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 # -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import train
 from model import Transformer
 from support import adapters, cli, safetensors_io, safety
 from support.safetensors_io import load_safetensors
+from tokenizer import Tokenizer
 
 SEED = int(os.environ.get("PERA_TEST_SEED", time.time_ns() % 10**6))  # the random moments; set it to replay a run
 
@@ -596,3 +597,78 @@ def test_merge_on_a_disk_too_small_leaves_nothing(stories_dir, tmp_path):
             cli.run(merge.main, ["--adapter", str(adapter), "--out", str(disk / "merged")])
         assert e.value.code == f"error: {disk}: No space left on device; nothing was written to {disk / 'merged'}"
         assert list(disk.iterdir()) == []
+
+
+# -----------------------------------------------------------------------------
+# A non-finite step keeps the last finite state; positions; what --resume compares
+
+def test_a_non_finite_step_keeps_the_last_state_whose_next_step_was_finite(stories_dir, data_dir, tmp_path):
+    """--lr 1e30: step 1's update leaves finite parameters (about 1e30) whose forward pass is NaN at step 2. The state
+    after step 1, saved (--save-every 1), is not the one kept: the state before it is put back and named."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train.main(train_args(stories_dir, data_dir, out, "--max-steps", "3", "--lr", "1e30", "--save-every", "1"))
+    assert e.value.code.startswith("error: loss is nan at step 2: stopped without saving this step. Kept: the state "
+                                   "after step 0 in "), e.value.code
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert state["step"] == 0 and state["history"] == []
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["fingerprint.json", "state.pt"]
+
+
+def test_training_cuts_examples_to_the_models_positions(stories_dir, data_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(stories_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    args = train.parse_args(train_args(model, data_dir, tmp_path / "run", "--max-steps", "1"))
+    tokenizer = Tokenizer.from_file(model / "tokenizer.json")
+    _, whole, _ = train.load_examples(args, tokenizer, tokenizer.add_bos)
+    _, cut, _ = train.load_examples(args, tokenizer, tokenizer.add_bos, positions=64)
+    assert max(len(ids) for ids, _ in whole) > 64 and max(len(ids) for ids, _ in cut) == 64
+    for (ids, labels), (kept, kept_labels) in zip(whole, cut):  # BOS, then the last tokens, the response's
+        assert (kept, kept_labels) == ((ids, labels) if len(ids) <= 64 else (ids[:1] + ids[-63:], labels[:1] + labels[-63:]))
+    n = sum(len(ids) > 64 for ids, _ in whole) + sum(len(ids) > 64 for ids, _ in train.load_examples(
+        args, tokenizer, tokenizer.add_bos)[2])
+    capsys.readouterr()
+    train.main(train_args(model, data_dir, tmp_path / "run", "--max-steps", "1"))
+    assert f"cut {n} training examples to the model's 64 positions (max_position_embeddings)" in capsys.readouterr().out
+
+
+def test_resume_refuses_what_would_change_the_run_and_takes_respelled_paths(stories_dir, data_dir, tmp_path,
+                                                                            monkeypatch):
+    model, data = tmp_path / "model", tmp_path / "data"
+    shutil.copytree(stories_dir, model)
+    shutil.copytree(data_dir, data)
+    out = tmp_path / "run"
+    argv = train_args(model, data, out, "--max-steps", "1", "--dropout", "0.1", "--eval-every", "5")
+    train.main(argv)
+
+    def refused(argv, message):
+        with pytest.raises(SystemExit) as e:
+            train.main(argv + ["--resume"])
+        assert message in e.value.code and e.value.code.startswith("error: --resume: "), e.value.code
+
+    refused(argv + ["--micro-batch-size", "4"], "--micro-batch-size differ")  # other dropout masks per example
+    refused(argv + ["--eval-every", "3"], "--eval-every differ")
+    records = json.loads((data / "boolq" / "train.json").read_text())
+    (data / "boolq" / "train.json").write_text(json.dumps(records[::-1]))  # the same path, other contents
+    refused(argv, "the files of --data differ from the saved run's in")
+    (data / "boolq" / "train.json").write_text(json.dumps(records))
+    config = (model / "config.json").read_text()
+    (model / "config.json").write_text(config.replace("512", "511", 1))
+    refused(argv, "the files of --model differ from the saved run's in")
+    (model / "config.json").write_text(config)
+    # the same files under other spellings: a link to the model, a relative path to the data
+    (tmp_path / "link").symlink_to(model)
+    monkeypatch.chdir(tmp_path)
+    metrics = train.main(train_args(Path("link"), Path("./data/."), out, "--max-steps", "1", "--dropout", "0.1",
+                                    "--eval-every", "5", "--resume"))
+    assert metrics["steps"] == 1
+    # --train-file: a link to the file is the file; other contents are refused
+    (tmp_path / "mix.json").write_text(json.dumps(records))
+    (tmp_path / "mix-link.json").symlink_to(tmp_path / "mix.json")
+    argv = train_args(model, data, tmp_path / "mixed", "--max-steps", "1", "--train-file", "mix.json")
+    train.main(argv)
+    train.main(argv[:argv.index("mix.json")] + ["mix-link.json", "--resume"] + argv[argv.index("mix.json") + 1:])
+    (tmp_path / "mix.json").write_text(json.dumps(records[1:]))
+    refused(argv, "the files of --train-file differ")
