@@ -546,7 +546,8 @@ def write_results(args, data, out, lines, result, seconds, model):
         mine = [x for x in lines if x["task"] == task]
         correct, failures = sum(x["correct"] for x in mine), sum(x["prediction"] is None for x in mine)
         result["tasks"][task] = {"accuracy": 100 * correct / len(mine), "correct": correct, "n": len(mine),
-                                 "parse_failures": failures, "prompts_cut": sum(x["tokens_cut"] > 0 for x in mine)}
+                                 "parse_failures": failures, "prompts_cut": sum(x["tokens_cut"] > 0 for x in mine),
+                                 **levels(task, mine, data[task])}  # chance, majority class, commonest answer
     result["average"] = sum(t["accuracy"] for t in result["tasks"].values()) / len(result["tasks"])
     n = sum(t["n"] for t in result["tasks"].values())
     result["parse_failure_rate"] = 100 * sum(t["parse_failures"] for t in result["tasks"].values()) / n
@@ -555,6 +556,7 @@ def write_results(args, data, out, lines, result, seconds, model):
     adapters.write_json(out / "results.json", result)
     (out / PARTIAL).unlink()
     print(table([result]))
+    print("".join(w + "\n" for w in one_answer_warnings(result)), end="")
     print(f"{n} examples in {result['seconds']:.0f} s; parse failures {result['parse_failure_rate']:.1f}% "
           f"(answers with no match count as wrong); written to {out}")
     cut = {t: r["prompts_cut"] for t, r in result["tasks"].items() if r["prompts_cut"]}

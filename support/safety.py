@@ -235,7 +235,7 @@ class Guard:
         # the update draws nothing: the RNG now is the RNG after it, saved so a resumed run draws the same masks
         self.step, self.rng, self.updated = self.step + 1, rng_state(), True
 
-    def step_done(self, save):
+    def step_done(self, save=False):
         if save:
             self.save()
         self.stops.check()  # a signal held during the step stops the run here, after its state

@@ -62,3 +62,24 @@ def test_no_warning_where_the_model_discriminates(tmp_path, capsys):
     assert "warning" not in out and "| LoRA r=4 | - | 90.00 | 90.00 |" in out
     assert "| *chance* | - | 50.00 | 50.00 |" in out and "| *majority class* | - | 50.00 | 50.00 |" in out
     assert "its commonest answer's share* | - | 60.00 | - |" in out
+
+
+def test_eval_writes_the_levels_of_the_examples_it_scored(tmp_path):
+    """results.json carries, per task, chance, the majority class and the commonest answer's share, computed
+    from the test records and the predictions eval.py wrote (zero-shot stories260K, log-likelihood)."""
+    import json
+
+    import eval as evaluate
+    from conftest import ROOT
+    data = ROOT / "tests/fixtures/commonsense"
+    result = evaluate.main(["--model", str(ROOT / "tests/fixtures/models/stories260K"), "--data", str(data),
+                            "--tasks", "boolq,ARC-Easy", "--mode", "loglik", "--limit", "6", "--out", str(tmp_path)])
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    for task in ("boolq", "ARC-Easy"):
+        records = commonsense.load_records(data / task / "test.json")[:6]
+        mine = [x for x in lines if x["task"] == task]
+        want = commonsense.baselines([commonsense.gold_answer(task, r) for r in records],
+                                     [len(commonsense.candidates(task, r)) for r in records],
+                                     [x["prediction"] for x in mine])
+        assert {k: result["tasks"][task][k] for k in want} == want
+    assert json.loads((tmp_path / "results.json").read_text())["tasks"]["boolq"]["chance"] == 50.0
