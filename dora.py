@@ -132,6 +132,11 @@ class DoRALinear(nn.Module):
 
     bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
+    def rank_bound(self):
+        """The most rank(ΔW) can be: r + the rows whose magnitude moved, since ΔW = (m/n − 1) ⊙ W0 + (m/n) ⊙ s·BA
+        and a row with m = n adds no W0 row (eval.py's rank report)."""
+        return self.rank + int((self.m / self.weight_norm() != 1).sum())
+
     def extra_repr(self):
         return f"rank={self.rank}, alpha={self.alpha}"
 

@@ -25,7 +25,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import pera
 from model import Transformer, check_vocabulary
 from support import adapters, cli, commonsense, provenance, safety
 from tokenizer import Tokenizer
@@ -266,16 +265,8 @@ def with_levels(result, path):
 def run_name(settings):
     if settings is None:
         return "zero-shot"
-    name = f"{adapters.label(settings['method'])} r={settings['rank']}"
-    if settings["method"] == "hilora":  # r = r1 + r2, the paper's (r1 = 20, r2 = 12) as r=20+12
-        name += f"+{settings['lora_rank']}"
-    if settings["method"] == "pera" and settings["terms"] != "all":
-        name += f" ({settings['terms']} only)"
-    if settings["method"] == "pera" and settings.get("init", "code") != "code":
-        name += f", {settings['init']} init"
-    if settings["method"] == "pera" and settings.get("h_lr_ratio", 1.0) != 1.0:
-        name += f", h lr ×{settings['h_lr_ratio']:g}"
-    return name
+    label = getattr(adapters.METHODS[settings["method"]], "label", lambda settings: "")  # PERA's terms, HiLoRA's r2
+    return f"{adapters.label(settings['method'])} r={settings['rank']}{label(settings)}"
 
 
 def ranks(dw):
@@ -289,33 +280,18 @@ def ranks(dw):
 
 @torch.no_grad()
 def rank_report(model, settings):
-    """Per adapted layer: rank and effective rank of ΔW (in float64), the method's bound on the rank, and
-    for PERA the size of its polynomial terms next to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖ (for LoRAN, of
-    its sine terms, the same ratio).
-
-    Bounds: LoRA r; PERA r + r(r+1)/2; HiRA, HiLoRA (r1 > 0) and LoRAN none below min(out, in) (W0 ⊙ and
-    the elementwise sine lift the rank), HiLoRA at r1 = 0 its r2; DoRA r + the number of rows whose magnitude moved, since
-    ΔW = (m/n − 1) ⊙ W0 + (m/n) ⊙ s·BA and a row with m = n adds no W0 row."""
+    """Per adapted layer: rank and effective rank of ΔW (in float64), the method's bound on the rank (its class's
+    rank_bound), and for a method whose class reports a share (PERA's polynomial terms, LoRAN's sine terms) what
+    those terms add to its LoRA part, ‖ΔW − s·BA‖ / ‖s·BA‖."""
     rows = []
     for name, layer in adapters.adapter_layers(model, settings["method"]).items():
         layer = copy.deepcopy(layer).double()  # a float64 copy: rank is sensitive to rounding
         dw = layer.delta_weight()
         rank, erank = ranks(dw)
-        r = settings["rank"]
-        method = settings["method"]
-        if method == "dora":
-            bound = r + int((layer.m / layer.weight_norm() != 1).sum())
-        else:
-            bound = {"lora": r, "hira": min(dw.shape), "loran": min(dw.shape),
-                     "hilora": min(dw.shape) if r else settings.get("lora_rank"),
-                     "pera": r + len(getattr(layer, "h", []))}[method]
         row = {"layer": name, "shape": list(dw.shape), "rank": rank, "effective_rank": round(erank, 2),
-               "bound": min(bound, min(dw.shape))}
-        if method == "pera":
-            row["polynomial_share"] = pera.polynomial_share(layer)
-        elif method == "loran":  # the sine terms against the LoRA part, as PERA's polynomial share
-            lora_part = layer.scaling * layer.B @ layer.A
-            row["sine_share"] = float((dw - lora_part).norm() / lora_part.norm()) if lora_part.any() else 0.0
+               "bound": min(layer.rank_bound(), min(dw.shape))}
+        if hasattr(layer, "share"):  # PERA's polynomial terms, LoRAN's sine terms: what they add to LoRA's part
+            kind, row[f"{kind}_share"] = layer.share()
         rows.append(row)
     return rows
 
@@ -324,18 +300,18 @@ def print_rank_report(rows, settings):
     by_target = {}
     for row in rows:
         by_target.setdefault(row["layer"].rsplit(".", 1)[-1], []).append(row)
-    pera = settings["method"] in ("pera", "loran")  # both have a share beyond LoRA's part
-    terms = "polynomial" if settings["method"] == "pera" else "sine"
+    shares = [k for k in rows[0] if k.endswith("_share")] if rows else []  # PERA's polynomial, LoRAN's sine share
+    has_share, terms = bool(shares), shares[0].removesuffix("_share") if shares else None
     print(f"ΔW of {run_name(settings)}, mean over {len(rows) // max(1, len(by_target))} layers: rank, effective rank "
           f"(exp of the entropy of the normalised singular values), the bound on the rank"
-          + (f", and ‖ΔW − sBA‖ / ‖sBA‖ (how much the {terms} terms add to LoRA's part)" if pera else ""))
-    print("| target | shape | rank | effective rank | bound |" + (f" {terms} share |" if pera else ""))
-    print("|---|---|---|---|---|" + ("---|" if pera else ""))
+          + (f", and ‖ΔW − sBA‖ / ‖sBA‖ (how much the {terms} terms add to LoRA's part)" if has_share else ""))
+    print("| target | shape | rank | effective rank | bound |" + (f" {terms} share |" if has_share else ""))
+    print("|---|---|---|---|---|" + ("---|" if has_share else ""))
     for target, group in by_target.items():
         mean = lambda k: sum(g[k] for g in group) / len(group)  # noqa: E731
         print(f"| {target} | {group[0]['shape'][0]}x{group[0]['shape'][1]} | {mean('rank'):.1f} | "
               f"{mean('effective_rank'):.1f} | {group[0]['bound']} |"
-              + (f" {mean(terms + '_share'):.2e} |" if pera else ""))
+              + (f" {mean(terms + '_share'):.2e} |" if has_share else ""))
 
 
 # -----------------------------------------------------------------------------

@@ -125,6 +125,10 @@ class HiRALinear(nn.Module):
 
     bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
+    def rank_bound(self):
+        """The most rank(ΔW) can be: W0 ⊙ lifts it to min(out, in) in general (eval.py's rank report)."""
+        return min(self.base.weight.shape)
+
     def extra_repr(self):
         return f"rank={self.rank}"
 
@@ -177,6 +181,14 @@ class HiLoRALinear(HiRALinear):
         with torch.autocast(self.lora_A.device.type, enabled=False):
             lora = self.scaling * (self.lora_B.to(dtype) @ self.lora_A.to(dtype))
         return lora if self.A is None else super().delta_weight() + lora
+
+    def rank_bound(self):
+        return min(self.base.weight.shape) if self.rank else self.lora_rank  # r1 = 0: LoRA's r2
+
+    @staticmethod
+    def label(settings):
+        """What a run's name adds to 'HiLoRA r=r1': its r2, as the paper writes (r1 = 20, r2 = 12) as r=20+12."""
+        return f"+{settings['lora_rank']}"
 
     def extra_repr(self):
         return f"rank={self.rank}" + (f", lora_rank={self.lora_rank}, alpha={self.alpha}" if self.lora_rank else "")

@@ -89,6 +89,10 @@ class LoRALinear(nn.Module):
 
     bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
+    def rank_bound(self):
+        """The most rank(ΔW) can be: r (eval.py's rank report)."""
+        return self.rank
+
     def extra_repr(self):
         return f"rank={self.rank}, alpha={self.alpha}"
 

@@ -113,6 +113,15 @@ class LoRANLinear(nn.Module):
 
     bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
+    def rank_bound(self):
+        """The most rank(ΔW) can be: the elementwise sine lifts it to min(out, in) (eval.py's rank report)."""
+        return min(self.base.weight.shape)
+
+    def share(self):
+        """('sine', ‖ΔW − s·BA‖ / ‖s·BA‖): what the sine terms add to LoRA's part, as PERA's polynomial share."""
+        lora_part = self.scaling * self.B @ self.A
+        return "sine", float((self.delta_weight() - lora_part).norm() / lora_part.norm()) if lora_part.any() else 0.0
+
     def extra_repr(self):
         return f"rank={self.rank}, alpha={self.alpha}, amplitude={self.amplitude}, omega={self.omega}"
 

@@ -189,6 +189,23 @@ class PERALinear(nn.Module):
 
     bias = property(lambda self: self.base.bias)  # b, read with .weight; the adapter never changes it
 
+    def rank_bound(self):
+        """The most rank(ΔW) can be: r + P, the columns of B̂ (eval.py's rank report)."""
+        return self.rank + self.h.numel()
+
+    def share(self):
+        """('polynomial', ‖ΔW − s·BA‖ / ‖s·BA‖): what the terms add to LoRA's part (eval.py's rank report)."""
+        return "polynomial", polynomial_share(self)
+
+    @staticmethod
+    def label(settings):
+        """What a run's name adds to 'PERA r=4': the settings that differ from the paper's defaults."""
+        return ((f" ({settings['terms']} only)" if settings["terms"] != "all" else "")
+                + (f", {settings['init']} init" if settings.get("init", "code") != "code" else "")
+                + (f", h lr ×{settings['h_lr_ratio']:g}" if settings.get("h_lr_ratio", 1.0) != 1.0 else "")
+                + (f", {settings['coefficients']} coefficients" if settings.get("coefficients", "trained") != "trained"
+                   else ""))
+
     def extra_repr(self):
         return (f"rank={self.rank}, alpha={self.alpha}, terms={self.terms!r}, degree={self.degree}, "
                 f"init={self.init!r}, P={len(self.h)}")

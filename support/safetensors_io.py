@@ -76,7 +76,10 @@ def check_tensors(tensors: dict, path):
     for name, t in tensors.items():
         if not t.is_floating_point():
             raise ValueError(f"{path}: tensor '{name}' has dtype {t.dtype}, expected floating point")
-        if not bool(torch.isfinite(t.float()).all()):  # float32's range too: what float64 holds beyond it is inf there
+        # float32's range too: what float64 holds beyond it is inf there (no float32 copy of a bf16 or fp16 tensor,
+        # whose range is inside float32's: loading a bf16 checkpoint stays within its own size, test_bench.py)
+        wide = t.dtype == torch.float64 and t.numel() and bool(t.abs().max() > torch.finfo(torch.float32).max)
+        if wide or not bool(torch.isfinite(t).all()):
             bad = t[~torch.isfinite(t.float())]
             raise ValueError(f"{path}: tensor '{name}' holds {len(bad)} non-finite value(s) (the first: "
                              f"{bad[0].item()})")
