@@ -426,6 +426,14 @@ def config_from_hf(d: dict) -> Config:
                          f"low_freq_factor ({rope['low_freq_factor']})")
     rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope}
 
+    token_id = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    for key in ("bos_token_id", "eos_token_id"):  # eos: one id or a list of them (Llama 3's instruct models)
+        value = d.get(key)
+        if not (value is None or token_id(value) or key == "eos_token_id" and isinstance(value, list)
+                and value and all(map(token_id, value))):
+            raise ValueError(f"config: {key} is {value!r}, expected a token id (an integer >= 0)"
+                             + (", a list of them" if key == "eos_token_id" else "") + " or null")
+
     attention_bias = bool(d.get("attention_bias", False))
     config = Config(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],

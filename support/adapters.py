@@ -186,7 +186,10 @@ def load_adapter(model, folder) -> dict:
         if rows != ({spec[name]} if spec[name] else set()):  # a part of rank 0 has no tensors
             raise ValueError(f"{config_file}: {field} is {spec[name]}, but the {key} tensors "
                              f"of {folder / 'adapter_model.safetensors'} have {sorted(rows) or 'no'} rows")
-    inject(model, spec)
+    try:  # target_modules that name no layer of this model: the file's
+        inject(model, spec)
+    except ValueError as e:
+        raise ValueError(f"{config_file}: target_modules {spec['targets']}: {e}") from None
     expected = file_tensors(model, spec["method"])
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -262,8 +265,10 @@ def check_fits(model, spec: dict, device):
 
 def digest(folder):
     """The SHA-256 of an adapter's tensors file: which adapter this is, wherever it is copied."""
-    h = hashlib.sha256()
-    with open(Path(folder) / "adapter_model.safetensors", "rb") as f:
+    h, path = hashlib.sha256(), Path(folder) / "adapter_model.safetensors"
+    if path.exists() and not path.is_file():  # a folder; a link to /dev/zero, which would never end
+        raise ValueError(f"{path}: not a regular file (a folder, a device, a pipe, or a link to one)")
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

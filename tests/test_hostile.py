@@ -274,6 +274,8 @@ CASES = {
                                     ["adapter_config.json", "'r' is 4.7", "integer"]),
     "adapter_config r 4.7 (merge)": ("merge", lambda c: c.merge(c.adapter("lora", set_key(r=4.7))),
                                      ["adapter_config.json", "'r' is 4.7"]),
+    "adapter_config target_modules naming no layer": ("eval", lambda c: c.eval(adapter=c.adapter("lora", set_key(
+        target_modules=["nope"]))), ["adapter_config.json", "target_modules ['nope']", "no nn.Linear"]),
     "adapter_config target_modules 5": ("generate", lambda c: c.generate(adapter=c.adapter("lora", set_key(
         target_modules=5))), ["adapter_config.json", "'target_modules' is 5"]),
     "adapter_config r 100000 (PERA)": ("eval", lambda c: c.eval(adapter=c.adapter("pera", set_key(r=100000))),

@@ -137,6 +137,12 @@ CASES = {
         "adapter_model.safetensors", Path.mkdir)), ["adapter_model.safetensors is a folder"]),
     "merge: adapter_config.json a folder": ("merge", lambda c: c.merge(adapter=c.adapter_with(
         "adapter_config.json", Path.mkdir)), ["adapter_config.json is a folder"]),
+    "generate: adapter_model.safetensors -> /dev/zero": ("generate", lambda c: c.generate("--adapter", str(
+        c.adapter_with("adapter_model.safetensors", lambda p: p.symlink_to("/dev/zero")))),
+        ["adapter_model.safetensors"]),
+    "generate: config.json eos_token_id \"2\"": ("generate", lambda c: c.generate(model=c.base_with(
+        "config.json", lambda p: p.write_text(json.dumps({**json.loads((c.stories_dir / "config.json").read_text()),
+                                                          "eos_token_id": "2"})))), ["config.json", "eos_token_id", "'2'"]),
     "merge: adapter_config.json -> /dev/zero": ("merge", lambda c: c.merge(adapter=c.adapter_with(
         "adapter_config.json", lambda p: p.symlink_to("/dev/zero"))), ["adapter_config.json", "not a regular file"]),
     "merge: adapter_config.json not UTF-8 (with --model)": ("merge", lambda c: c.merge(adapter=c.adapter_with(
