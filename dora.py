@@ -70,8 +70,8 @@ class DoRALinear(nn.Module):
 
     def forward(self, x):
         A, B, bias = self.A.to(x.dtype), self.B.to(x.dtype), self.base.bias
-        n = self.weight_norm()  # (out,), a constant for autograd; 1 where 0: a zero row has no direction to scale
-        d = (self.m - n) / n.where(n > 0, 1)  # m / n − 1, small: 1 + d in bf16 would round a young update away
+        n = self.weight_norm()  # (out,), a constant for autograd; > 0, so that a zero row divides by no zero
+        d = (self.m - n) / n  # m / n − 1, small: 1 + d in bf16 would round a young update away
         if self.training and isinstance(self.dropout, nn.Dropout):  # PEFT's rule: both corrections see dropout(x)
             x_ = self.dropout(x)
             lora = F.linear(self.scaling * F.linear(x_, A), B)  # s·B A x'
@@ -105,7 +105,8 @@ class DoRALinear(nn.Module):
             w0_at = F.linear(W0, A.to(W0.dtype)).to(dtype)
             cross = (B * w0_at).sum(1)  # rowsum(B ⊙ W0 Aᵀ) = Σ_j W0_ij (BA)_ij
             square = ((B @ (A @ A.T)) * B).sum(1)  # rowsum(B AAᵀ ⊙ B) = ‖(BA)_i‖²
-            return (w0_sq + 2 * s * cross + s * s * square).clamp_min(0).sqrt()
+            # at least √tiny: an all-zero row (m = n then) divides by no zero, and a fresh adapter is its base
+            return (w0_sq + 2 * s * cross + s * s * square).clamp_min(torch.finfo(dtype).tiny).sqrt()
 
     def delta_weight(self):
         """ΔW = W' − W0 = (m / n) ⊙ (W0 + s·B A) − W0, shaped like base.weight, in float32 (float64 for a
@@ -115,7 +116,7 @@ class DoRALinear(nn.Module):
             W0 = self.base.weight.to(dtype)
             direction = W0 + self.scaling * (self.B.to(dtype) @ self.A.to(dtype))
             n = self.weight_norm()
-            return (self.m.to(dtype) / n.where(n > 0, 1)).unsqueeze(1) * direction - W0  # a zero row: 1 for n
+            return (self.m.to(dtype) / n).unsqueeze(1) * direction - W0
 
     @torch.no_grad()
     def merged(self):

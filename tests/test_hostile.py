@@ -191,7 +191,7 @@ CASES = {
     "train --lr 0": ("train", lambda c: c.train("--lr", "0"), ["--lr", "> 0"]),
     "train --weight-decay nan": ("train", lambda c: c.train("--weight-decay", "nan"), ["--weight-decay", ">= 0"]),
     "train --alpha nan": ("train", lambda c: c.train("--alpha", "nan"), ["--alpha", "finite"]),
-    "train --h-lr-ratio nan": ("train", lambda c: c.train("--h-lr-ratio", "nan"), ["--h-lr-ratio", "> 0"]),
+    "train --h-lr-ratio nan": ("train", lambda c: c.train("--h-lr-ratio", "nan"), ["--h-lr-ratio", ">= 0"]),
     "train --grad-clip nan": ("train", lambda c: c.train("--grad-clip", "nan"), ["--grad-clip", "finite"]),
     "train --epochs inf": ("train", lambda c: c.train("--epochs", "inf"), ["--epochs", "finite number > 0"]),
     "train --epochs nan": ("train", lambda c: c.train("--epochs", "nan"), ["--epochs", "finite number > 0"]),

@@ -566,7 +566,7 @@ def test_merge_bad_output_folder_and_config_are_one_line(trained_adapter, tmp_pa
     (tmp_path / "adapter" / "adapter_config.json").write_text("[]")
     with pytest.raises(SystemExit) as e:
         cli.run(merge.main, ["--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")])
-    assert e.value.code.startswith(f"error: {tmp_path / 'adapter' / 'adapter_config.json'}: not a JSON adapter config")
+    assert e.value.code.startswith(f"error: {tmp_path / 'adapter' / 'adapter_config.json'}: expected a JSON object")
 
 
 def test_merge_and_generate_ctrl_c_is_one_line(trained_adapter, stories_dir, tmp_path, monkeypatch, capsys):
