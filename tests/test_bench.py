@@ -109,6 +109,7 @@ def test_hilora_row_is_set_against_hira_at_r1_plus_lora_at_r2_less_the_frozen_st
     assert "| hilora | 2+2 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # measured: a process's peak memory
 def test_sharded_bf16_checkpoint_loads_without_a_float32_copy(tmp_path):
     total = bench.sharded_checkpoint(tmp_path / "ckpt", 120e6, shard_bytes=24 * 2 ** 20, d=512)
     assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) >= 4

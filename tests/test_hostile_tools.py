@@ -204,6 +204,7 @@ def run_generate(*argv, stdout=subprocess.PIPE, env=None, shell_tail=""):
     return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow  # a whole process each, as the shell runs it
 @pytest.mark.parametrize("where, reason", [(" | head -c1", "Broken pipe"), (" > /dev/full", "No space left on device")])
 def test_an_output_that_takes_no_more_is_one_line(where, reason):
     if not Path("/dev/full").exists():
@@ -213,11 +214,13 @@ def test_an_output_that_takes_no_more_is_one_line(where, reason):
     assert result.stderr == f"error: stdout: {reason}; the response was cut there\n"
 
 
+@pytest.mark.slow  # a whole process, as the shell runs it
 def test_a_closed_stdout_is_one_line():
     result = run_generate("--max-new-tokens", "4", "Once upon a time", shell_tail=" >&-")
     assert result.returncode == 1 and result.stderr == "error: stdout is closed: there is nowhere to print the response\n"
 
 
+@pytest.mark.slow  # a whole process, as the shell runs it
 def test_merge_into_a_full_stdout_says_the_folder_was_written(adapter, stories_dir, tmp_path):
     command = [sys.executable, str(ROOT / "merge.py"), "--adapter", str(adapter), "--model", str(stories_dir),
                "--out", str(tmp_path / "merged")]
@@ -228,6 +231,7 @@ def test_merge_into_a_full_stdout_says_the_folder_was_written(adapter, stories_d
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a whole process, as the shell runs it
 def test_a_utf8_prompt_is_read_as_utf8_in_the_c_locale():
     """LC_ALL=C (and no UTF-8 mode) decodes the command line as ASCII; the prompt is its bytes read as UTF-8, and the
     response is written as UTF-8: the same bytes as under C.UTF-8."""

@@ -94,6 +94,7 @@ def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 2 × 9 fits of 3,200 steps
 def test_eps_sweep_the_terms_grow_with_the_target_scale_while_lora_stays_on_its_floor():
     """The law's direction: at one budget, PERA's polynomial share and its gain below the rank-r floor grow
     about tenfold with each tenfold target scale ε, while max |h| stays where the budget puts it (Adam moves h by

@@ -145,7 +145,11 @@ def test_bad_arguments_are_one_clear_error(capsys, argv, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["lora", "hira", "pera", "dora", "loran", "hilora"])
+SLOW = pytest.mark.slow  # the default stage trains LoRA and PERA; the slow stage (CI) every other method too
+
+
+@pytest.mark.parametrize("method", ["lora", pytest.param("hira", marks=SLOW), "pera", pytest.param("dora", marks=SLOW),
+                                    pytest.param("loran", marks=SLOW), pytest.param("hilora", marks=SLOW)])
 def test_training_lowers_the_loss_and_writes_a_peft_style_adapter(stories_dir, data_dir, tmp_path, method,
                                                                    monkeypatch):
     out = tmp_path / method
@@ -533,6 +537,7 @@ def test_rank_report_shows_dora_and_loran_above_r(stories_dir, data_dir, tmp_pat
 # -----------------------------------------------------------------------------
 # HiLoRA (hira.py with a LoRA part, HiRA paper §6.6) through train.py, its adapter file and eval.py
 
+@pytest.mark.slow  # two trainings of each twin
 @pytest.mark.parametrize("r1, r2, twin", [("4", "0", "hira"), ("0", "4", "lora")])
 def test_hilora_with_a_rank_of_zero_trains_as_hira_or_lora_bit_for_bit(stories_dir, data_dir, tmp_path, r1, r2, twin):
     # r2 = 0 is HiRA, r1 = 0 is LoRA (at s = 1): with the same seed, lr and dropout (0.1, so the same masks must be
