@@ -147,6 +147,12 @@ def parse_args(argv=None):
             problems.append(f"{flag(name)} is {owners}'s, not {args.method}'s")
     if args.batch_size % args.micro_batch_size:
         problems.append(f"--batch-size ({args.batch_size}) must be a multiple of --micro-batch-size ({args.micro_batch_size})")
+    if args.lr * args.h_lr_ratio > torch.finfo(torch.float32).max / 1e3:  # AdamW's float32 step: lr / (1 − β1^t) ...
+        problems.append(f"--lr {args.lr:g} × --h-lr-ratio {args.h_lr_ratio:g} is beyond what AdamW's float32 step "
+                        f"holds (at most {torch.finfo(torch.float32).max / 1e3:.3g}: float32's range, less its bias "
+                        f"correction)")
+    if args.epochs > 1e9:  # more steps than a run can take, and past float's integers: use --max-steps
+        problems.append(f"argument --epochs: expected at most 1e9 epochs, got '{args.epochs:g}'")
     if problems:
         p.error("; ".join(problems))
     return args
