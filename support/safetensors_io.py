@@ -78,8 +78,9 @@ def check_tensors(tensors: dict, path):
             raise ValueError(f"{path}: tensor '{name}' has dtype {t.dtype}, expected floating point")
         # float32's range too: what float64 holds beyond it is inf there (no float32 copy of a bf16 or fp16 tensor,
         # whose range is inside float32's: loading a bf16 checkpoint stays within its own size, test_bench.py)
-        wide = t.dtype == torch.float64 and t.numel() and bool(t.abs().max() > torch.finfo(torch.float32).max)
-        if wide or not bool(torch.isfinite(t).all()):
+        chunks = t.reshape(-1).split(1 << 22)  # a few MB of temporaries at a time, whatever the tensor's size
+        wide = t.dtype == torch.float64 and any(bool(c.abs().max() > torch.finfo(torch.float32).max) for c in chunks)
+        if wide or not all(bool(torch.isfinite(c).all()) for c in chunks):
             bad = t[~torch.isfinite(t.float())]
             raise ValueError(f"{path}: tensor '{name}' holds {len(bad)} non-finite value(s) (the first: "
                              f"{bad[0].item()})")
