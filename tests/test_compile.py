@@ -32,7 +32,8 @@ COMMON = ["--method", "pera", "--max-steps", "6", "--lr", "5e-3", "--eval-every"
 def test_compiled_loss_and_gradients_are_eagers(stories_dir, method):  # noqa: F811
     torch.manual_seed(0)
     model = Transformer.from_pretrained(stories_dir)
-    adapters.inject(model, adapters.settings(method, 4, dropout=train.DEFAULT_DROPOUT[method]))
+    required = {k: 2 for k, v in adapters.options(method).items() if v is adapters.REQUIRED}  # HiLoRA's lora_rank
+    adapters.inject(model, adapters.settings(method, 4, dropout=train.DEFAULT_DROPOUT[method], **required))
     with torch.no_grad():  # every factor away from zero, so that every gradient is
         for p in model.parameters():
             if p.requires_grad:
