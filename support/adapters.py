@@ -265,8 +265,13 @@ def check_fits(model, spec: dict, device):
 
 def digest(folder):
     """The SHA-256 of an adapter's tensors file: which adapter this is, wherever it is copied."""
-    h, path = hashlib.sha256(), Path(folder) / "adapter_model.safetensors"
-    if path.exists() and not path.is_file():  # a folder; a link to /dev/zero, which would never end
+    return sha256(Path(folder) / "adapter_model.safetensors")
+
+
+def sha256(path):
+    """A file's SHA-256, read a MiB at a time; a folder or a device (a link to /dev/zero would never end) is refused."""
+    h, path = hashlib.sha256(), Path(path)
+    if path.exists() and not path.is_file():
         raise ValueError(f"{path}: not a regular file (a folder, a device, a pipe, or a link to one)")
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -505,11 +505,9 @@ def digest(path, ends=False):
     if not Path(path).is_file():
         return None
     try:
+        if not ends:
+            return adapters.sha256(path)
         with open(path, "rb") as f:
-            if not ends:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-                return h.hexdigest()
             size = os.fstat(f.fileno()).st_size
             h.update(str(size).encode() + f.read(1 << 20))
             f.seek(max(0, size - (1 << 20)))
